@@ -1,0 +1,1 @@
+"""edge-namm: learned KV-cache memory (NAMM) for llama.cpp."""
