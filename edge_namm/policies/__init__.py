@@ -1,0 +1,32 @@
+"""KV eviction policies: one file per policy, registered by name in POLICIES."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_namm.policies.base import CacheView, Policy
+from edge_namm.policies.full import FullPolicy
+from edge_namm.policies.namm import NammPolicy
+from edge_namm.policies.selection import select_evictions
+
+POLICIES: dict[str, type[Policy]] = {
+    FullPolicy.name: FullPolicy,
+    NammPolicy.name: NammPolicy,
+}
+
+
+def make_policy(name: str, scorer: Any = None, **kwargs: Any) -> Policy:
+    """Build a registered policy; `scorer` (path or scorer object) only applies to `namm`."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy '{name}'; valid policies: {', '.join(sorted(POLICIES))}")
+    cls = POLICIES[name]
+    if cls is NammPolicy:
+        from edge_namm.scorers.default import resolve_scorer
+
+        return cls(scorer=resolve_scorer(scorer), **kwargs)
+    if scorer is not None:
+        raise ValueError(f"policy '{name}' takes no scorer (only 'namm' does)")
+    return cls(**kwargs)
+
+
+__all__ = ["POLICIES", "CacheView", "Policy", "make_policy", "select_evictions"]

@@ -1,0 +1,141 @@
+"""`edge-namm chat`: a terminal chat whose KV memory stays within a fixed budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edge_namm.cli.errors import friendly
+from edge_namm.cli.options import model_options, resolve_model
+
+HELP = """commands:
+  /memory       show which parts of the conversation the model still keeps
+  /stats        memory statistics
+  /save FILE    save the transcript (JSON)
+  /load FILE    load a transcript saved with /save
+  /reset        forget the conversation
+  /quit         exit (Ctrl-D works too; Ctrl-C stops a reply)"""
+
+
+def render_memory(llm, width: int = 2000) -> str:
+    """The logical history with forgotten stretches collapsed into markers."""
+    history = llm.input_ids[: llm.n_tokens]
+    kept = set(llm.kept_positions().tolist())
+    parts: list[str] = []
+    run: list[int] = []
+    dropped = 0
+    for pos, tok in enumerate(history.tolist()):
+        if pos in kept:
+            if dropped:
+                parts.append(click.style(f"[...{dropped} tokens forgotten...]", fg="red"))
+                dropped = 0
+            run.append(tok)
+        else:
+            if run:
+                parts.append(llm.detokenize(run).decode("utf-8", errors="replace"))
+                run = []
+            dropped += 1
+    if run:
+        parts.append(llm.detokenize(run).decode("utf-8", errors="replace"))
+    if dropped:
+        parts.append(click.style(f"[...{dropped} tokens forgotten...]", fg="red"))
+    text = "".join(parts)
+    if len(text) > width:
+        text = "..." + text[-width:]
+    return f"{text}\n({len(kept)} of {llm.n_tokens} tokens kept)"
+
+
+@click.command()
+@model_options
+@click.option("--policy", default="namm", show_default=True, help="Eviction policy.")
+@click.option("--scorer", type=click.Path(dir_okay=False), default=None,
+              help="Scorer file for the namm policy (default: the shipped scorer).")
+@click.option("--budget", type=int, default=1024, show_default=True,
+              help="KV cells kept after each memory update.")
+@click.option("--update-interval", type=int, default=512, show_default=True,
+              help="Tokens between memory updates (multiple of 16).")
+@click.option("--system", default="You are a helpful assistant.", show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly
+def chat(model, n_gpu_layers, threads, policy, scorer, budget, update_interval, system,
+         temperature, max_tokens, seed) -> None:
+    """Chat with a model whose KV memory never exceeds --budget cells."""
+    from edge_namm.engine import NammLlama
+
+    llm = NammLlama(
+        resolve_model(model), policy=policy, scorer=scorer, budget=budget,
+        update_interval=update_interval, chunk=min(128, update_interval),
+        n_gpu_layers=n_gpu_layers, n_threads=threads, seed=seed, progress=True,
+    )
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    click.echo(f"edge-namm chat: policy {policy}, budget {budget} cells. /help for commands.")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            click.echo()
+            break
+        except KeyboardInterrupt:
+            click.echo("\n(Ctrl-D or /quit to exit)")
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                break
+            if cmd == "/help":
+                click.echo(HELP)
+            elif cmd == "/memory":
+                click.echo(render_memory(llm))
+            elif cmd == "/stats":
+                click.echo(json.dumps(llm.stats.as_dict(), indent=2))
+            elif cmd == "/save" and arg:
+                Path(arg).write_text(json.dumps({"messages": messages}, indent=2))
+                click.echo(f"saved {len(messages)} messages to {arg}")
+            elif cmd == "/load" and arg:
+                try:
+                    loaded = json.loads(Path(arg).read_text())["messages"]
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    click.echo(f"could not load {arg}: {exc}")
+                    continue
+                messages = loaded
+                llm.reset()
+                click.echo(f"loaded {len(messages)} messages; they are re-read on the next turn")
+            elif cmd == "/reset":
+                messages = messages[:1] if system else []
+                llm.reset()
+                click.echo("conversation forgotten")
+            else:
+                click.echo(f"unknown command {line!r}\n{HELP}")
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = _stream_reply(llm, messages, temperature, max_tokens, seed)
+        messages.append({"role": "assistant", "content": reply})
+        click.secho(llm.stats.status_line(), fg="cyan", err=True)
+    llm.close()
+
+
+def _stream_reply(llm, messages, temperature, max_tokens, seed) -> str:
+    """Print the reply as it streams; Ctrl-C ends the reply, keeping what was said."""
+    pieces: list[str] = []
+    stream = llm.create_chat_completion(
+        messages=messages, stream=True, temperature=temperature, max_tokens=max_tokens, seed=seed
+    )
+    try:
+        for chunk in stream:
+            delta = chunk["choices"][0]["delta"].get("content")
+            if delta:
+                pieces.append(delta)
+                click.echo(delta, nl=False)
+    except KeyboardInterrupt:
+        click.echo(" [interrupted]", nl=False)
+    finally:
+        stream.close()
+    click.echo()
+    return "".join(pieces)

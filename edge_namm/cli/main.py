@@ -1,0 +1,41 @@
+"""The `edge-namm` command: one subcommand per module in this folder."""
+
+from __future__ import annotations
+
+import click
+
+from edge_namm.cli.chat import chat
+from edge_namm.cli.info import info
+from edge_namm.cli.pull import pull
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edge-namm")
+def cli() -> None:
+    """Learned KV-cache memory (NAMM) for llama.cpp GGUF models."""
+
+
+for command in (chat, info, pull):
+    cli.add_command(command)
+
+
+def _add_optional_commands() -> None:
+    """Commands that live in other folders (eval, train, export) register when present."""
+    import importlib
+
+    for module, name in (
+        ("edge_namm.cli.eval", "eval_cmd"),
+        ("edge_namm.cli.train", "train"),
+        ("edge_namm.cli.export", "export"),
+    ):
+        try:
+            cli.add_command(getattr(importlib.import_module(module), name))
+        except ModuleNotFoundError:
+            pass
+
+
+_add_optional_commands()
+
+
+def main() -> None:
+    cli()

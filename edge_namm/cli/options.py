@@ -1,0 +1,45 @@
+"""Click options shared by the commands that load a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--model, -ngl, -t: how llama.cpp loads and runs the GGUF."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                "-m",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="GGUF model file (default: the model fetched by `edge-namm pull`).",
+            ),
+            click.option(
+                "--n-gpu-layers", "-ngl", type=int, default=0, show_default=True,
+                help="Layers to offload to the GPU (-1: all).",
+            ),
+            click.option("--threads", "-t", type=int, default=None, help="CPU threads."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def resolve_model(model: str | None) -> str:
+    """The given path, or the pulled default model with a hint when it is absent."""
+    if model:
+        return model
+    from edge_namm.downloads import default_model_path
+
+    path = default_model_path()
+    if not path.is_file():
+        raise click.ClickException(
+            f"no --model given and the default model is not downloaded ({path}). "
+            "Run `edge-namm pull` first, or pass --model path/to/model.gguf."
+        )
+    return str(path)

@@ -1,0 +1,287 @@
+"""NammLlama: llama_cpp.Llama whose KV cache is kept under a fixed budget by a policy.
+
+The physical context holds `budget + update_interval` cells; the logical conversation is
+unbounded. Every `update_interval` tokens (prompt or generated) the policy scores the cached
+tokens and the engine evicts until at most `budget` remain. Positions stay absolute: survivors
+keep their RoPE positions and new tokens continue at the next one (see docs/ENGINE.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from edge_namm import native
+from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
+from edge_namm.engine.memory import KVMemory
+from edge_namm.engine.stats import MemoryStats
+from edge_namm.policies import make_policy
+from edge_namm.policies.base import Policy
+
+LOGICAL_N_CTX = 2**31 - 1  # what create_completion checks prompts against: no logical limit
+
+
+def check_model_file(model_path: str | Path) -> Path:
+    """Fail early, with a next step, on a missing or non-GGUF model file."""
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(
+            f"model file not found: {path}. Pass a local .gguf path, or run `edge-namm pull` "
+            "to download the default SmolLM2-135M-Instruct model."
+        )
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelFileError(
+            f"{path} is not a GGUF file (starts with {magic!r}). Convert the model to GGUF "
+            "(llama.cpp's convert_hf_to_gguf.py) or re-download it."
+        )
+    return path
+
+
+@dataclass
+class NammLlamaState:
+    """llama-cpp-python's state plus edge-namm's side state (features, counters)."""
+
+    llama: llama_cpp.LlamaState
+    memory: dict
+    stats: dict
+    since_update: int
+
+
+class NammLlama(llama_cpp.Llama):
+    """A llama_cpp.Llama with a bounded, policy-managed KV cache.
+
+    Extra arguments: `policy` (name or Policy instance), `scorer` (scorer file path or object,
+    for `namm`), `budget` (cells kept after each update), `update_interval` (tokens between
+    updates, multiple of 16), `chunk` (prefill batch size, <= update_interval), `seed`
+    (eviction RNG), `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
+    `n_ctx` is derived from the budget and must not be given.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        policy: str | Policy = "namm",
+        scorer: Any = None,
+        budget: int = 1024,
+        update_interval: int = 512,
+        chunk: int = 128,
+        policy_kwargs: dict | None = None,
+        progress: bool = False,
+        flash_attn: bool = False,
+        verbose: bool = False,
+        seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
+        **kwargs: Any,
+    ) -> None:
+        if "n_ctx" in kwargs:
+            raise EngineConfigError(
+                "NammLlama sizes the context itself (budget + update_interval cells); "
+                "pass budget= instead of n_ctx="
+            )
+        self.policy = (
+            policy
+            if isinstance(policy, Policy)
+            else make_policy(policy, scorer=scorer, **(policy_kwargs or {}))
+        )
+        if update_interval <= 0 or update_interval % 16:
+            raise EngineConfigError(
+                f"update_interval must be a positive multiple of 16 (the STFT hop), got {update_interval}"
+            )
+        if not 0 < chunk <= update_interval:
+            raise EngineConfigError(
+                f"chunk must be between 1 and update_interval ({update_interval}), got {chunk}"
+            )
+        min_budget = chunk + self.policy.n_protected
+        if budget < min_budget:
+            raise EngineConfigError(
+                f"budget of {budget} cells is too small: it must hold at least one chunk ({chunk}) "
+                f"plus the {self.policy.n_protected} protected tokens, i.e. >= {min_budget}. "
+                "Raise --budget or lower --chunk."
+            )
+        if flash_attn and self.policy.needs_attention:
+            raise EngineConfigError(
+                f"policy '{self.policy.name}' reads attention weights, which flash attention never "
+                "materialises: use flash_attn=False or a policy that needs no attention "
+                "(streaming, l2, keydiff, random, full)"
+            )
+        native.require()
+        path = check_model_file(model_path)
+        self.budget = budget
+        self.update_interval = update_interval
+        self.chunk = chunk
+        self.progress = progress
+        self._memory: KVMemory | None = None
+        try:
+            super().__init__(
+                str(path),
+                n_ctx=budget + update_interval,
+                n_batch=chunk,
+                n_ubatch=chunk,
+                flash_attn=flash_attn,
+                verbose=verbose,
+                seed=seed,
+                **kwargs,
+            )
+        except ValueError as exc:
+            raise ModelFileError(
+                f"llama.cpp could not load {path} ({exc}). The file may be truncated or from an "
+                "unsupported architecture: re-download it (`edge-namm pull`) or try another GGUF."
+            ) from exc
+        native.check_supported(self._ctx.ctx)
+        self._logical_n_ctx_train = self.n_ctx_train()
+        self._n_ctx = LOGICAL_N_CTX
+        n_embd_k, bytes_per_cell = self._kv_geometry()
+        self._memory = KVMemory(
+            self._ctx.ctx,
+            self.policy,
+            budget=budget,
+            max_queries=chunk,
+            n_embd_k=n_embd_k,
+            bytes_per_cell=bytes_per_cell,
+            feature_config=getattr(getattr(self.policy, "scorer", None), "feature_config_obj", None),
+            seed=seed if seed != llama_cpp.LLAMA_DEFAULT_SEED else 0,
+        )
+        self._since_update = 0
+
+    def _kv_geometry(self) -> tuple[int, int]:
+        """(K width per layer, K+V bytes per cell) from the model's shape and cache types."""
+        arch = self.metadata.get("general.architecture", "llama")
+        n_head = llama_cpp.llama_model_n_head(self._model.model)
+        n_head_kv = llama_cpp.llama_model_n_head_kv(self._model.model)
+        n_layer = llama_cpp.llama_model_n_layer(self._model.model)
+        head_k = int(self.metadata.get(f"{arch}.attention.key_length", self.n_embd() // n_head))
+        head_v = int(self.metadata.get(f"{arch}.attention.value_length", head_k))
+        bytes_k = llama_cpp.ggml_type_size(self.context_params.type_k) / llama_cpp.ggml_blck_size(
+            self.context_params.type_k
+        )
+        bytes_v = llama_cpp.ggml_type_size(self.context_params.type_v) / llama_cpp.ggml_blck_size(
+            self.context_params.type_v
+        )
+        per_cell = n_layer * n_head_kv * (head_k * bytes_k + head_v * bytes_v)
+        return n_head_kv * head_k, int(per_cell)
+
+    # --- llama-cpp-python overrides ----------------------------------------------------------
+    @property
+    def stats(self) -> MemoryStats:
+        return self._memory.stats
+
+    @property
+    def memory(self) -> KVMemory:
+        return self._memory
+
+    def reset(self) -> None:
+        super().reset()
+        if self._memory is not None:
+            self._memory.reset()
+            self._since_update = 0
+
+    def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
+        if len(prompt) == 0:
+            raise ValueError("empty prompt: give at least one token of text")
+        return super().create_completion(prompt, *args, **kwargs)
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Decode tokens in chunks, folding attention and evicting every update_interval."""
+        self._decode_tokens(list(tokens), None)
+
+    def eval_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
+        """Decode tokens and return log p(tokens[i] | everything before it) for i >= 1.
+
+        The first token's probability needs logits from before this call, so it is not
+        returned. Used for perplexity under a budget (StreamingLLM-style evaluation).
+        """
+        out: list[np.ndarray] = []
+        self._decode_tokens(list(tokens), out)
+        logits = np.concatenate(out)[:-1].astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        logz = np.log(np.exp(logits).sum(axis=1))
+        return logits[np.arange(len(logits)), np.asarray(tokens[1:])] - logz
+
+    def _decode_tokens(self, tokens: list[int], logits_out: list[np.ndarray] | None) -> None:
+        mem = self._memory
+        self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        mem.before_decode()
+        bar = None
+        if self.progress and len(tokens) > 2 * self.chunk:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(tokens), desc="prefill", unit="tok", leave=False)
+        i = 0
+        try:
+            while i < len(tokens):
+                n = min(self.chunk, self.update_interval - self._since_update, len(tokens) - i)
+                if n > mem.free_cells():
+                    raise CacheFullError(
+                        f"the KV cache is full ({mem.n_cells} cells) and policy "
+                        f"'{self.policy.name}' did not free room: raise budget= or use an "
+                        "evicting policy"
+                    )
+                batch = tokens[i : i + n]
+                all_logits = self._logits_all or logits_out is not None
+                self._batch.set_batch(batch=batch, n_past=self.n_tokens, logits_all=all_logits)
+                t0 = time.perf_counter()
+                self._ctx.decode(self._batch)
+                mem.stats.seconds_llama += time.perf_counter() - t0
+                if logits_out is not None:
+                    logits = np.ctypeslib.as_array(
+                        self._ctx.get_logits(), shape=(n * self._n_vocab,)
+                    )
+                    logits_out.append(logits.reshape(n, self._n_vocab).copy())
+                mem.after_decode(n)
+                self._store_tokens(batch)
+                self._since_update += n
+                if self._since_update >= self.update_interval:
+                    mem.update()
+                    self._since_update = 0
+                i += n
+                if bar is not None:
+                    bar.update(n)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._requires_eval = False
+
+    def _store_tokens(self, batch: list[int]) -> None:
+        """Append to input_ids, growing it: the logical history outlives the physical cache."""
+        end = self.n_tokens + len(batch)
+        if end > len(self.input_ids):
+            grown = np.zeros(max(end, 2 * len(self.input_ids)), dtype=np.intc)
+            grown[: self.n_tokens] = self.input_ids[: self.n_tokens]
+            self.input_ids = grown
+        self.input_ids[self.n_tokens : end] = batch
+        self.n_tokens = end
+
+    def kept_positions(self) -> np.ndarray:
+        """Positions currently in the cache, oldest first (what the model still remembers)."""
+        pos = native.cell_positions(self._ctx.ctx)
+        return np.sort(pos[pos >= 0])
+
+    def save_state(self) -> NammLlamaState:
+        return NammLlamaState(
+            llama=super().save_state(),
+            memory=self._memory.state_dict(),
+            stats=self._memory.stats.__dict__.copy(),
+            since_update=self._since_update,
+        )
+
+    def load_state(self, state: NammLlamaState) -> None:
+        if not isinstance(state, NammLlamaState):
+            raise TypeError("NammLlama.load_state takes the NammLlamaState from save_state()")
+        super().load_state(state.llama)
+        self._memory.load_state_dict(state.memory)
+        self._memory.stats.__dict__.update(state.stats)
+        self._since_update = state.since_update
+
+    def close(self) -> None:
+        if getattr(self, "_memory", None) is not None:
+            self._memory.close()
+            self._memory = None
+        super().close()

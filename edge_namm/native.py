@@ -1,0 +1,195 @@
+"""ctypes bindings for the edge-namm native API compiled into libllama (native/edge_namm.h).
+
+This is the thin layer: one Python function per C function, numpy views instead of copies,
+and a clear error when the loaded llama.cpp was not built by ./build.sh.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import numpy as np
+
+API_VERSION = 1
+
+_BUILD_HINT = (
+    "edge-namm needs llama-cpp-python built with its native patch: run ./build.sh from the "
+    "edge-namm checkout (it builds the patched llama.cpp into .venv/)."
+)
+
+
+class NativeUnavailableError(RuntimeError):
+    """The loaded llama.cpp library lacks the edge-namm patch."""
+
+
+class UnsupportedModelError(ValueError):
+    """The model's KV cache cannot be managed cell by cell (sliding-window, recurrent...)."""
+
+
+@cache
+def _load() -> ctypes.CDLL:
+    try:
+        from llama_cpp import llama_cpp as low
+    except Exception as exc:  # pragma: no cover - import errors depend on the environment
+        raise NativeUnavailableError(f"cannot import llama_cpp ({exc}). {_BUILD_HINT}") from exc
+    lib = low._lib
+    if not hasattr(lib, "edge_namm_api_version"):
+        raise NativeUnavailableError(f"the installed llama.cpp is not patched. {_BUILD_HINT}")
+    c = ctypes
+    sigs = {
+        "edge_namm_api_version": ([], c.c_int32),
+        "edge_namm_unsupported_reason": ([c.c_void_p], c.c_char_p),
+        "edge_namm_capture_new": ([c.c_void_p, c.c_int32], c.c_void_p),
+        "edge_namm_capture_free": ([c.c_void_p], None),
+        "edge_namm_capture_arm": ([c.c_void_p, c.c_bool], None),
+        "edge_namm_capture_data": ([c.c_void_p], c.POINTER(c.c_float)),
+        "edge_namm_capture_count": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_clear": ([c.c_void_p], None),
+        "edge_namm_capture_n_layer": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_n_head_kv": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_n_cells": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_max_queries": ([c.c_void_p], c.c_int32),
+        "edge_namm_cell_positions": (
+            [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
+            c.c_int32,
+        ),
+        "edge_namm_remove_positions": (
+            [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
+            c.c_int32,
+        ),
+        "edge_namm_read_keys": ([c.c_void_p, c.c_int32, c.POINTER(c.c_float), c.c_int64], c.c_int32),
+    }
+    for name, (argtypes, restype) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+    version = lib.edge_namm_api_version()
+    if version != API_VERSION:
+        raise NativeUnavailableError(
+            f"native API version {version} does not match edge-namm's {API_VERSION}. {_BUILD_HINT}"
+        )
+    return lib
+
+
+def available() -> bool:
+    """True when the loaded llama.cpp carries the edge-namm patch."""
+    try:
+        _load()
+    except NativeUnavailableError:
+        return False
+    return True
+
+
+def require() -> ctypes.CDLL:
+    """The patched library, or NativeUnavailableError telling the user to run ./build.sh."""
+    return _load()
+
+
+def unsupported_reason(ctx: int) -> str | None:
+    """Why the context's cache cannot be managed, or None when it can."""
+    reason = require().edge_namm_unsupported_reason(ctx)
+    return reason.decode() if reason else None
+
+
+def check_supported(ctx: int) -> None:
+    reason = unsupported_reason(ctx)
+    if reason:
+        raise UnsupportedModelError(f"edge-namm cannot manage this model's KV cache: {reason}.")
+
+
+def _int32_array(values: np.ndarray) -> tuple[np.ndarray, ctypes.Array]:
+    arr = np.ascontiguousarray(values, dtype=np.int32)
+    return arr, arr.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+
+
+def cell_positions(ctx: int, seq_id: int = 0) -> np.ndarray:
+    """Position held by every KV cell (-1 for empty cells), indexed by cell."""
+    lib = require()
+    n = lib.edge_namm_cell_positions(ctx, seq_id, None, 0)
+    if n < 0:
+        check_supported(ctx)
+    out = np.empty(n, dtype=np.int32)
+    lib.edge_namm_cell_positions(ctx, seq_id, out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n)
+    return out
+
+
+class NewestPositionError(ValueError):
+    """Removing the newest position would break llama.cpp's next batch (it must follow it)."""
+
+
+def remove_positions(ctx: int, positions: np.ndarray, seq_id: int = 0) -> int:
+    """Remove these positions of the sequence from every layer; returns the cells freed."""
+    arr, ptr = _int32_array(positions)
+    n = require().edge_namm_remove_positions(ctx, seq_id, ptr, len(arr))
+    if n == -2:
+        raise NewestPositionError("refusing to remove the newest position of the sequence")
+    if n < 0:
+        check_supported(ctx)
+    return n
+
+
+def read_keys(ctx: int, layer: int, n_cells: int, n_embd_k: int) -> np.ndarray:
+    """Layer's cached keys (after RoPE) as float32 [n_cells, n_embd_k_gqa], indexed by cell."""
+    out = np.empty((n_cells, n_embd_k), dtype=np.float32)
+    got = require().edge_namm_read_keys(
+        ctx, layer, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size
+    )
+    if got != n_embd_k:
+        raise ValueError(f"reading keys of layer {layer} failed (got {got}, want {n_embd_k})")
+    return out
+
+
+class AttentionCapture:
+    """Owns a native capture buffer that llama_decode fills with GQA-averaged attention rows."""
+
+    def __init__(self, ctx: int, max_queries: int) -> None:
+        lib = require()
+        check_supported(ctx)
+        self._lib = lib
+        self._ptr = lib.edge_namm_capture_new(ctx, max_queries)
+        if not self._ptr:
+            raise MemoryError("could not allocate the attention capture buffer")
+        self.n_layer = lib.edge_namm_capture_n_layer(self._ptr)
+        self.n_head_kv = lib.edge_namm_capture_n_head_kv(self._ptr)
+        self.n_cells = lib.edge_namm_capture_n_cells(self._ptr)
+        self.max_queries = max_queries
+        shape = (self.n_layer, self.n_head_kv, max_queries, self.n_cells)
+        self._rows = np.ctypeslib.as_array(lib.edge_namm_capture_data(self._ptr), shape=shape)
+        self.armed = False
+
+    def arm(self, armed: bool = True) -> None:
+        """Install (or remove) the eval callback; disarmed decodes run the stock graph."""
+        self._lib.edge_namm_capture_arm(self._ptr, armed)
+        self.armed = armed
+
+    def disarm(self) -> None:
+        self.arm(False)
+
+    @property
+    def count(self) -> int:
+        n = self._lib.edge_namm_capture_count(self._ptr)
+        if n < 0:
+            raise RuntimeError(
+                f"attention capture overflowed: more than {self.max_queries} queries were decoded "
+                "between two reads (decode in smaller batches or raise max_queries)"
+            )
+        return n
+
+    def rows(self) -> np.ndarray:
+        """Zero-copy view [n_layer, n_head_kv, count, n_cells] of the rows captured so far."""
+        return self._rows[:, :, : self.count, :]
+
+    def clear(self) -> None:
+        self._lib.edge_namm_capture_clear(self._ptr)
+
+    def close(self) -> None:
+        if self._ptr:
+            if self.armed:
+                self.disarm()
+            self._lib.edge_namm_capture_free(self._ptr)
+            self._ptr = None
+            self._rows = None
+
+    def __del__(self) -> None:
+        self.close()

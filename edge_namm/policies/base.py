@@ -1,0 +1,70 @@
+"""The policy interface: what a KV eviction policy sees at an update and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edge_namm.features import AttentionFeatures
+
+
+@dataclass
+class CacheView:
+    """The engine's view of the cache at one update, tokens in chronological order.
+
+    Attention-derived state lives in `features`, indexed by physical cell: index it with
+    `cells` to line it up with `positions`.
+    """
+
+    cells: np.ndarray  # physical KV cell of each cached token, oldest first
+    positions: np.ndarray  # token position of each cached token
+    budget: int  # how many cells may stay after this update
+    n_head_kv: int
+    features: AttentionFeatures | None = None
+    read_keys: Callable[[], np.ndarray] | None = None  # -> [n_layer, n, n_embd_k] float32
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    @property
+    def n(self) -> int:
+        return len(self.cells)
+
+    @property
+    def newest_position(self) -> int:
+        return int(self.positions[-1])
+
+    def keys(self) -> np.ndarray:
+        """Cached keys (after RoPE) of these tokens, [n_layer, n, n_embd_k]."""
+        if self.read_keys is None:
+            raise RuntimeError("this engine does not expose keys")
+        return self.read_keys()
+
+    def per_head(self, cell_state: np.ndarray) -> np.ndarray:
+        """Select these tokens from a per-cell array [L, H, n_cells, ...] -> [L, H, n, ...]."""
+        return cell_state[:, :, self.cells]
+
+
+@dataclass
+class Policy:
+    """Scores cached tokens; the engine's selection turns scores into evictions.
+
+    Higher score = more worth keeping. `score` returns one value per token of the view, or
+    None to keep everything. Policies that set `evicts_negative` also drop every token whose
+    score is below zero, even under budget (the NAMM paper's rule).
+    """
+
+    name: ClassVar[str] = "base"
+    needs_attention: ClassVar[bool] = False
+    evicts_negative: ClassVar[bool] = False
+    n_sink: int = 0  # oldest tokens that are never evicted
+    n_recent: int = 0  # newest tokens that are never evicted (the newest one always is)
+
+    @property
+    def n_protected(self) -> int:
+        return self.n_sink + max(self.n_recent, 1)
+
+    def score(self, view: CacheView) -> np.ndarray | None:
+        raise NotImplementedError

@@ -1,0 +1,33 @@
+"""`namm`: a Neural Attention Memory Model scores each token from its attention spectrogram."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_namm.features import raw_features
+from edge_namm.policies.base import CacheView, Policy
+from edge_namm.scorers import aggregate
+
+
+@dataclass
+class NammPolicy(Policy):
+    """Scores every (layer, KV head, token), then aggregates to one score per token.
+
+    `scorer` is a numpy or ONNX Runtime scorer (anything with `score(x[R, N, 25])`,
+    `feature_config` and `aggregation`). Scores below zero evict, as in the paper.
+    """
+
+    name = "namm"
+    needs_attention = True
+    evicts_negative = True
+    scorer: Any = None
+
+    def score(self, view: CacheView) -> np.ndarray:
+        spec = view.per_head(view.features.spectrogram)  # [L, H, N, bins]
+        n_layer, n_head, n, n_bins = spec.shape
+        ages = view.newest_position - view.positions
+        x = raw_features(spec.reshape(n_layer * n_head, n, n_bins), ages, view.features.config)
+        return aggregate(self.scorer.score(x), self.scorer.aggregation)

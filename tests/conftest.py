@@ -1,0 +1,32 @@
+"""Shared fixtures: the real SmolLM2-135M-Instruct model (pulled by `edge-namm pull`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _model_path() -> Path:
+    if os.environ.get("EDGE_NAMM_TEST_MODEL"):
+        return Path(os.environ["EDGE_NAMM_TEST_MODEL"])
+    from edge_namm.downloads import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    path = _model_path()
+    if not path.is_file():
+        pytest.fail(
+            f"test model missing at {path}: run `edge-namm pull` (or set EDGE_NAMM_TEST_MODEL)"
+        )
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def counting_text() -> str:
+    """A long, perfectly predictable text: the model must continue the count."""
+    return " ".join(str(i) for i in range(1, 4000))

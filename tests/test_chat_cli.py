@@ -1,0 +1,66 @@
+"""`edge-namm chat` driven through a pseudo-terminal, as a user would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+BIN = Path(sys.executable).parent / "edge-namm"
+
+
+@pytest.fixture
+def chat(model_path, tmp_path):
+    child = pexpect.spawn(
+        str(BIN),
+        ["chat", "--model", model_path, "--budget", "256", "--update-interval", "128",
+         "--max-tokens", "48", "--temperature", "0"],
+        encoding="utf-8", timeout=120, cwd=str(tmp_path),
+    )
+    child.expect("budget 256 cells")
+    child.expect("> ")
+    yield child
+    child.close(force=True)
+
+
+def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_path):
+    chat.sendline("What is the capital of France?")
+    chat.expect(r"\[kv (\d+)/256 cells")
+    chat.expect("> ")
+    # a long reply interrupted by Ctrl-C: the session goes on
+    chat.sendline("Write a very long story about a dragon, with many chapters.")
+    chat.expect(r"\S")  # the reply has started streaming
+    chat.sendintr()
+    chat.expect(r"\[interrupted\]")
+    chat.expect("> ")
+    chat.sendline("/memory")
+    chat.expect(r"tokens kept\)")
+    chat.expect("> ")
+    chat.sendline("/save transcript.json")
+    chat.expect("saved 5 messages")
+    chat.expect("> ")
+    chat.sendeof()
+    chat.expect(pexpect.EOF)
+    chat.close()
+    assert chat.exitstatus == 0
+    assert "dragon" in (tmp_path / "transcript.json").read_text()
+
+
+def test_chat_without_model_says_how_to_pull(tmp_path):
+    out, status = pexpect.run(
+        f"{BIN} chat --model {tmp_path}/absent.gguf", withexitstatus=True, encoding="utf-8",
+        timeout=60,
+    )
+    assert status != 0
+    assert "model file not found" in out and "edge-namm pull" in out
+    assert "Traceback" not in out
+
+
+def test_chat_budget_too_small_is_one_line(model_path):
+    out, status = pexpect.run(
+        f"{BIN} chat --model {model_path} --budget 8", withexitstatus=True, encoding="utf-8",
+        timeout=60,
+    )
+    assert status != 0 and "too small" in out and "Traceback" not in out
