@@ -309,7 +309,7 @@ def test_fetch_essays_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         fetch_essays(tmp_path / "x")
 
 
-@pytest.mark.skipif(not haystack_mod.default_haystack_dir().is_dir(), reason="essays not pulled")
+@pytest.mark.skipif(haystack_mod.find_default_essays() is None, reason="essays not pulled")
 def test_real_essays_if_present() -> None:
     h = Haystack.default()
     assert len(h) > 1000

