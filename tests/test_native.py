@@ -206,6 +206,7 @@ def test_512_cells_process_3000_tokens_with_periodic_removal(llm, counting_text)
     ctx = llm._ctx.ctx
     llm.reset()
     tokens = llm.tokenize(counting_text.encode())[:3000]
+    llm.input_ids = np.zeros(4000, dtype=np.intc)  # plain Llama's history is sized n_ctx
     chunk, n_sink = 128, 4
     for start in range(0, len(tokens), chunk):
         pos = native.cell_positions(ctx)

@@ -6,12 +6,29 @@ from typing import Any
 
 from edge_namm.policies.base import CacheView, Policy
 from edge_namm.policies.full import FullPolicy
+from edge_namm.policies.h2o import H2OPolicy
+from edge_namm.policies.keydiff import KeyDiffPolicy
+from edge_namm.policies.l2 import L2NormPolicy
 from edge_namm.policies.namm import NammPolicy
+from edge_namm.policies.random_policy import RandomPolicy
 from edge_namm.policies.selection import select_evictions
+from edge_namm.policies.snapkv import SnapKVPolicy
+from edge_namm.policies.streaming import StreamingPolicy
+from edge_namm.policies.tova import TovaPolicy
 
 POLICIES: dict[str, type[Policy]] = {
-    FullPolicy.name: FullPolicy,
-    NammPolicy.name: NammPolicy,
+    cls.name: cls
+    for cls in (
+        FullPolicy,
+        NammPolicy,
+        StreamingPolicy,
+        H2OPolicy,
+        TovaPolicy,
+        SnapKVPolicy,
+        L2NormPolicy,
+        KeyDiffPolicy,
+        RandomPolicy,
+    )
 }
 
 

@@ -1,0 +1,49 @@
+"""Where the shipped scorer lives and how a `scorer=` argument becomes a ready scorer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_SCORER_NAME = "namm-bam-smollm2-135m.json"
+PLACEHOLDER_SCORER_NAME = "placeholder-mlp-handset.json"
+
+
+def default_scorer_path() -> Path:
+    """The evolved scorer when it has been shipped, else the documented hand-set placeholder."""
+    override = os.environ.get("EDGE_NAMM_SCORER")
+    if override:
+        return Path(override)
+    trained = MODELS_DIR / DEFAULT_SCORER_NAME
+    return trained if trained.is_file() else MODELS_DIR / PLACEHOLDER_SCORER_NAME
+
+
+def resolve_scorer(scorer: Any = None, backend: str = "auto") -> Any:
+    """None -> the default scorer; a path -> loaded (.json scorer file or .onnx); else as is.
+
+    Scorer files are compiled for ONNX Runtime when available (backend="auto"), with the
+    numpy reference as the fallback.
+    """
+    if scorer is not None and not isinstance(scorer, (str, os.PathLike)):
+        return scorer
+    path = Path(scorer) if scorer is not None else default_scorer_path()
+    if path.suffix == ".onnx":
+        from edge_namm.scorers.runtime import load_onnx_scorer
+
+        return load_onnx_scorer(path)
+    from edge_namm.scorers.file import load_scorer
+
+    loaded = load_scorer(path)
+    try:
+        from edge_namm.scorers.runtime import compile_scorer
+    except ImportError:
+        return loaded
+    return compile_scorer(loaded, backend=backend)
+
+
+def scoring_backend() -> str:
+    """Which backend/provider the default scorer runs on (for `edge-namm info`)."""
+    scorer = resolve_scorer()
+    return f"{getattr(scorer, 'backend', 'numpy')} ({getattr(scorer, 'provider', 'CPU')})"
