@@ -20,7 +20,9 @@ from common import default_model, machine
 from edge_namm import native
 
 
-def run(llm: llama_cpp.Llama, tokens: list[int], chunk: int, n_decode: int, cap) -> tuple[float, float]:
+def run(
+    llm: llama_cpp.Llama, tokens: list[int], chunk: int, n_decode: int, cap
+) -> tuple[float, float]:
     llm.reset()
     llm._ctx.kv_cache_clear()
     t0 = time.perf_counter()
@@ -50,8 +52,12 @@ def main() -> None:
     args = ap.parse_args()
 
     llm = llama_cpp.Llama(
-        args.model, n_ctx=args.cells, n_batch=args.chunk, n_ubatch=args.chunk,
-        n_threads=args.threads, verbose=False,
+        args.model,
+        n_ctx=args.cells,
+        n_batch=args.chunk,
+        n_ubatch=args.chunk,
+        n_threads=args.threads,
+        verbose=False,
     )
     rng = np.random.default_rng(0)
     tokens = rng.integers(100, llm.n_vocab() - 100, size=args.prompt).tolist()
@@ -65,14 +71,19 @@ def main() -> None:
             results[mode].append(run(llm, tokens, args.chunk, args.decode, c))
     cap.disarm()
     print(f"machine: {machine()}; model: {args.model}")
-    print(f"n_ctx {args.cells}, prefill {args.prompt} tokens in chunks of {args.chunk}, "
-          f"{args.decode} decodes, medians of {args.repeats}")
+    print(
+        f"n_ctx {args.cells}, prefill {args.prompt} tokens in chunks of {args.chunk}, "
+        f"{args.decode} decodes, medians of {args.repeats}"
+    )
     print("| mode | prefill tok/s | decode tok/s | prefill vs plain | decode vs plain |")
     print("|---|---|---|---|---|")
     base = [np.median([r[k] for r in results["plain"]]) for k in (0, 1)]
     for mode in modes:
         med = [np.median([r[k] for r in results[mode]]) for k in (0, 1)]
-        print(f"| {mode} | {med[0]:.1f} | {med[1]:.1f} | {med[0] / base[0]:.3f} | {med[1] / base[1]:.3f} |")
+        print(
+            f"| {mode} | {med[0]:.1f} | {med[1]:.1f} "
+            f"| {med[0] / base[0]:.3f} | {med[1] / base[1]:.3f} |"
+        )
     cap.close()
     llm.close()
 

@@ -58,7 +58,10 @@ def _load() -> ctypes.CDLL:
             [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
             c.c_int32,
         ),
-        "edge_namm_read_keys": ([c.c_void_p, c.c_int32, c.POINTER(c.c_float), c.c_int64], c.c_int32),
+        "edge_namm_read_keys": (
+            [c.c_void_p, c.c_int32, c.POINTER(c.c_float), c.c_int64],
+            c.c_int32,
+        ),
     }
     for name, (argtypes, restype) in sigs.items():
         fn = getattr(lib, name)

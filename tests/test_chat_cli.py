@@ -15,9 +15,22 @@ BIN = Path(sys.executable).parent / "edge-namm"
 def chat(model_path, tmp_path):
     child = pexpect.spawn(
         str(BIN),
-        ["chat", "--model", model_path, "--budget", "256", "--update-interval", "128",
-         "--max-tokens", "48", "--temperature", "0"],
-        encoding="utf-8", timeout=120, cwd=str(tmp_path),
+        [
+            "chat",
+            "--model",
+            model_path,
+            "--budget",
+            "256",
+            "--update-interval",
+            "128",
+            "--max-tokens",
+            "48",
+            "--temperature",
+            "0",
+        ],
+        encoding="utf-8",
+        timeout=120,
+        cwd=str(tmp_path),
     )
     child.expect("budget 256 cells")
     child.expect("> ")
@@ -50,7 +63,9 @@ def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_pa
 
 def test_chat_without_model_says_how_to_pull(tmp_path):
     out, status = pexpect.run(
-        f"{BIN} chat --model {tmp_path}/absent.gguf", withexitstatus=True, encoding="utf-8",
+        f"{BIN} chat --model {tmp_path}/absent.gguf",
+        withexitstatus=True,
+        encoding="utf-8",
         timeout=60,
     )
     assert status != 0
@@ -60,7 +75,9 @@ def test_chat_without_model_says_how_to_pull(tmp_path):
 
 def test_chat_budget_too_small_is_one_line(model_path):
     out, status = pexpect.run(
-        f"{BIN} chat --model {model_path} --budget 8", withexitstatus=True, encoding="utf-8",
+        f"{BIN} chat --model {model_path} --budget 8",
+        withexitstatus=True,
+        encoding="utf-8",
         timeout=60,
     )
     assert status != 0 and "too small" in out and "Traceback" not in out

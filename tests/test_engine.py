@@ -98,7 +98,9 @@ def test_stream_and_chat_completion(namm_llm):
     llm = namm_llm
     pieces = [
         c["choices"][0]["text"]
-        for c in llm.create_completion("Count: 1, 2, 3,", max_tokens=8, temperature=0.0, stream=True)
+        for c in llm.create_completion(
+            "Count: 1, 2, 3,", max_tokens=8, temperature=0.0, stream=True
+        )
     ]
     assert len(pieces) >= 2
     reply = llm.create_chat_completion(

@@ -35,9 +35,7 @@ class _GgmlTensor(ctypes.Structure):
 
 
 def _llama(model_path: str, **kw) -> llama_cpp.Llama:
-    return llama_cpp.Llama(
-        model_path, n_ctx=N_CTX, n_batch=128, n_ubatch=128, verbose=False, **kw
-    )
+    return llama_cpp.Llama(model_path, n_ctx=N_CTX, n_batch=128, n_ubatch=128, verbose=False, **kw)
 
 
 @pytest.fixture(scope="module")

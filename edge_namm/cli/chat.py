@@ -50,26 +50,58 @@ def render_memory(llm, width: int = 2000) -> str:
 @click.command()
 @model_options
 @click.option("--policy", default="namm", show_default=True, help="Eviction policy.")
-@click.option("--scorer", type=click.Path(dir_okay=False), default=None,
-              help="Scorer file for the namm policy (default: the shipped scorer).")
-@click.option("--budget", type=int, default=1024, show_default=True,
-              help="KV cells kept after each memory update.")
-@click.option("--update-interval", type=int, default=512, show_default=True,
-              help="Tokens between memory updates (multiple of 16).")
+@click.option(
+    "--scorer",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Scorer file for the namm policy (default: the shipped scorer).",
+)
+@click.option(
+    "--budget",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="KV cells kept after each memory update.",
+)
+@click.option(
+    "--update-interval",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Tokens between memory updates (multiple of 16).",
+)
 @click.option("--system", default="You are a helpful assistant.", show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--max-tokens", type=int, default=512, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly
-def chat(model, n_gpu_layers, threads, policy, scorer, budget, update_interval, system,
-         temperature, max_tokens, seed) -> None:
+def chat(
+    model,
+    n_gpu_layers,
+    threads,
+    policy,
+    scorer,
+    budget,
+    update_interval,
+    system,
+    temperature,
+    max_tokens,
+    seed,
+) -> None:
     """Chat with a model whose KV memory never exceeds --budget cells."""
     from edge_namm.engine import NammLlama
 
     llm = NammLlama(
-        resolve_model(model), policy=policy, scorer=scorer, budget=budget,
-        update_interval=update_interval, chunk=min(128, update_interval),
-        n_gpu_layers=n_gpu_layers, n_threads=threads, seed=seed, progress=True,
+        resolve_model(model),
+        policy=policy,
+        scorer=scorer,
+        budget=budget,
+        update_interval=update_interval,
+        chunk=min(128, update_interval),
+        n_gpu_layers=n_gpu_layers,
+        n_threads=threads,
+        seed=seed,
+        progress=True,
     )
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     click.echo(f"edge-namm chat: policy {policy}, budget {budget} cells. /help for commands.")

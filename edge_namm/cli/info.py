@@ -33,7 +33,11 @@ def collect_info() -> dict:
 
         info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
         info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
-        backends = [b for b in ("CUDA", "Metal", "Vulkan", "ROCm", "SYCL") if b.upper() in info["system_info"].upper()]
+        backends = [
+            b
+            for b in ("CUDA", "Metal", "Vulkan", "ROCm", "SYCL")
+            if b.upper() in info["system_info"].upper()
+        ]
         info["backend"] = "+".join(backends) if backends else "CPU"
     except Exception as exc:  # report, don't crash: info is the tool people run when things break
         info["backend"] = f"unavailable ({exc})"

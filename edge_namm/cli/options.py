@@ -20,7 +20,11 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="GGUF model file (default: the model fetched by `edge-namm pull`).",
             ),
             click.option(
-                "--n-gpu-layers", "-ngl", type=int, default=0, show_default=True,
+                "--n-gpu-layers",
+                "-ngl",
+                type=int,
+                default=0,
+                show_default=True,
                 help="Layers to offload to the GPU (-1: all).",
             ),
             click.option("--threads", "-t", type=int, default=None, help="CPU threads."),

@@ -29,6 +29,7 @@ class KVMemory:
         n_embd_k: int,
         bytes_per_cell: int,
         feature_config: FeatureConfig | None = None,
+        record_attention: bool = True,
         seed: int = 0,
     ) -> None:
         self.ctx = ctx
@@ -44,11 +45,13 @@ class KVMemory:
         self.features = AttentionFeatures(
             self.n_layer, self.n_head_kv, self.n_cells, feature_config or FeatureConfig()
         )
-        if policy.needs_attention:
+        if record_attention:
             self.capture.arm()
         self._positions = np.full(self.n_cells, -1, dtype=np.int32)
         self.stats = MemoryStats(budget=budget, n_cells=self.n_cells, bytes_per_cell=bytes_per_cell)
-        self.on_update: list[Callable[[CacheView, np.ndarray], None]] = []  # observers (tests, eval)
+        self.on_update: list[
+            Callable[[CacheView, np.ndarray], None]
+        ] = []  # observers (tests, eval)
 
     # --- around llama_decode -------------------------------------------------------------
     def free_cells(self) -> int:

@@ -21,10 +21,22 @@ from edge_namm import native
 from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
 from edge_namm.engine.memory import KVMemory
 from edge_namm.engine.stats import MemoryStats
+from edge_namm.features import FeatureConfig
 from edge_namm.policies import make_policy
 from edge_namm.policies.base import Policy
 
-LOGICAL_N_CTX = 2**31 - 1  # what create_completion checks prompts against: no logical limit
+LOGICAL_N_CTX = 2**31 - 1
+# bytes per stored value of the KV cache types llama.cpp accepts (ggml type id -> bytes)
+_GGML_BYTES_PER_VALUE = {
+    0: 4.0,
+    1: 2.0,
+    30: 2.0,
+    8: 34 / 32,
+    2: 18 / 32,
+    3: 20 / 32,
+    6: 22 / 32,
+    7: 24 / 32,
+}  # what create_completion checks prompts against: no logical limit
 
 
 def check_model_file(model_path: str | Path) -> Path:
@@ -45,6 +57,13 @@ def check_model_file(model_path: str | Path) -> Path:
     return path
 
 
+def _feature_config_of(policy: Policy) -> FeatureConfig | None:
+    """A scorer dictates the feature constants it was trained with."""
+    scorer = getattr(policy, "scorer", None)
+    config = getattr(scorer, "feature_config", None)
+    return FeatureConfig.from_dict(config) if config else None
+
+
 @dataclass
 class NammLlamaState:
     """llama-cpp-python's state plus edge-namm's side state (features, counters)."""
@@ -61,7 +80,9 @@ class NammLlama(llama_cpp.Llama):
     Extra arguments: `policy` (name or Policy instance), `scorer` (scorer file path or object,
     for `namm`), `budget` (cells kept after each update), `update_interval` (tokens between
     updates, multiple of 16), `chunk` (prefill batch size, <= update_interval), `seed`
-    (eviction RNG), `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
+    (eviction RNG), `record_attention` (fold attention features even when the policy needs
+    none, e.g. to estimate normalisation statistics under a full cache; default: as the policy
+    needs), `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
     `n_ctx` is derived from the budget and must not be given.
     """
 
@@ -75,6 +96,7 @@ class NammLlama(llama_cpp.Llama):
         update_interval: int = 512,
         chunk: int = 128,
         policy_kwargs: dict | None = None,
+        record_attention: bool | None = None,
         progress: bool = False,
         flash_attn: bool = False,
         verbose: bool = False,
@@ -93,7 +115,8 @@ class NammLlama(llama_cpp.Llama):
         )
         if update_interval <= 0 or update_interval % 16:
             raise EngineConfigError(
-                f"update_interval must be a positive multiple of 16 (the STFT hop), got {update_interval}"
+                "update_interval must be a positive multiple of 16 (the STFT hop), "
+                f"got {update_interval}"
             )
         if not 0 < chunk <= update_interval:
             raise EngineConfigError(
@@ -106,7 +129,8 @@ class NammLlama(llama_cpp.Llama):
                 f"plus the {self.policy.n_protected} protected tokens, i.e. >= {min_budget}. "
                 "Raise --budget or lower --chunk."
             )
-        if flash_attn and self.policy.needs_attention:
+        record = self.policy.needs_attention if record_attention is None else record_attention
+        if flash_attn and record:
             raise EngineConfigError(
                 f"policy '{self.policy.name}' reads attention weights, which flash attention never "
                 "materialises: use flash_attn=False or a policy that needs no attention "
@@ -136,7 +160,6 @@ class NammLlama(llama_cpp.Llama):
                 "unsupported architecture: re-download it (`edge-namm pull`) or try another GGUF."
             ) from exc
         native.check_supported(self._ctx.ctx)
-        self._logical_n_ctx_train = self.n_ctx_train()
         self._n_ctx = LOGICAL_N_CTX
         n_embd_k, bytes_per_cell = self._kv_geometry()
         self._memory = KVMemory(
@@ -146,7 +169,8 @@ class NammLlama(llama_cpp.Llama):
             max_queries=chunk,
             n_embd_k=n_embd_k,
             bytes_per_cell=bytes_per_cell,
-            feature_config=getattr(getattr(self.policy, "scorer", None), "feature_config_obj", None),
+            feature_config=_feature_config_of(self.policy),
+            record_attention=record,
             seed=seed if seed != llama_cpp.LLAMA_DEFAULT_SEED else 0,
         )
         self._since_update = 0
@@ -159,12 +183,8 @@ class NammLlama(llama_cpp.Llama):
         n_layer = llama_cpp.llama_model_n_layer(self._model.model)
         head_k = int(self.metadata.get(f"{arch}.attention.key_length", self.n_embd() // n_head))
         head_v = int(self.metadata.get(f"{arch}.attention.value_length", head_k))
-        bytes_k = llama_cpp.ggml_type_size(self.context_params.type_k) / llama_cpp.ggml_blck_size(
-            self.context_params.type_k
-        )
-        bytes_v = llama_cpp.ggml_type_size(self.context_params.type_v) / llama_cpp.ggml_blck_size(
-            self.context_params.type_v
-        )
+        bytes_k = _GGML_BYTES_PER_VALUE.get(self.context_params.type_k, 2.0)
+        bytes_v = _GGML_BYTES_PER_VALUE.get(self.context_params.type_v, 2.0)
         per_cell = n_layer * n_head_kv * (head_k * bytes_k + head_v * bytes_v)
         return n_head_kv * head_k, int(per_cell)
 

@@ -1,4 +1,4 @@
-"""`h2o` (Heavy-Hitter Oracle): keep tokens with the most accumulated attention + a recent window."""
+"""`h2o` (Heavy-Hitter Oracle): keep the most-attended tokens plus a recent window."""
 
 from __future__ import annotations
 

@@ -1,0 +1,152 @@
+"""`edge-namm eval`: every policy x budget on long-context tasks, side by side."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from edge_namm.cli.errors import friendly
+from edge_namm.cli.options import model_options, resolve_model
+
+DEFAULT_TASKS = "passkey,niah,multikey,vartrack,update,lm"
+
+
+def _plain_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+@click.command("eval")
+@model_options
+@click.option(
+    "--policies", default=None, help="Comma list of policies (default: all registered ones)."
+)
+@click.option(
+    "--budgets",
+    default="0.125,0.25,0.5",
+    show_default=True,
+    help="Comma list: KV cells (1024) or fractions of each input (0.25 or 25%).",
+)
+@click.option(
+    "--tasks",
+    default=DEFAULT_TASKS,
+    show_default=True,
+    help="Comma list of synthetic tasks, 'longbench:<dataset>' (reads "
+    "<data-dir>/<dataset>.jsonl) or 'longbench' (every file in --data-dir).",
+)
+@click.option(
+    "--lengths",
+    default="2048,4096",
+    show_default=True,
+    help="Comma list of prompt lengths in tokens (synthetic tasks; LongBench "
+    "contexts are middle-truncated to the largest).",
+)
+@click.option(
+    "--samples",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Samples per task and length (records per LongBench file).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="eval-out",
+    show_default=True,
+    help="Output folder (results.jsonl, summary.*, plots).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["after", "both"]),
+    default="after",
+    show_default=True,
+    help="Question after the context only (query-agnostic) or before and after.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder with LongBench-format <dataset>.jsonl files.",
+)
+@click.option(
+    "--haystack",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder of .txt files used as filler (default: the pulled essays).",
+)
+@click.option(
+    "--update-interval",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Tokens between memory updates (multiple of 16).",
+)
+@click.option(
+    "--chunk",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Prefill batch size (<= update interval).",
+)
+@click.option(
+    "--scorer",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Scorer file for the namm policy (default: the shipped scorer).",
+)
+@friendly
+def eval_cmd(
+    model,
+    n_gpu_layers,
+    threads,
+    policies,
+    budgets,
+    tasks,
+    lengths,
+    samples,
+    seed,
+    out_dir,
+    mode,
+    data_dir,
+    haystack,
+    update_interval,
+    chunk,
+    scorer,
+) -> None:
+    """Measure eviction policies side by side under the same KV budgets.
+
+    Resumable: rows already in OUT/results.jsonl are skipped, so rerunning the same command
+    continues an interrupted run.
+    """
+    from edge_namm.eval.report import SUMMARY_MD
+    from edge_namm.eval.runner import run_eval
+
+    warnings.formatwarning = _plain_warning
+    model_path = resolve_model(model)
+    rows = run_eval(
+        model_path,
+        policies=policies,
+        budgets=budgets,
+        tasks=tasks,
+        lengths=lengths,
+        samples=samples,
+        seed=seed,
+        out_dir=out_dir,
+        mode=mode,
+        data_dir=data_dir,
+        haystack=haystack,
+        update_interval=update_interval,
+        chunk=chunk,
+        scorer=scorer,
+        n_threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        progress=True,
+    )
+    out = Path(out_dir)
+    click.echo((out / SUMMARY_MD).read_text(encoding="utf-8"))
+    click.echo(f"{len(rows)} rows for this command; files in {out.resolve()}:")
+    for name in sorted(p.name for p in out.iterdir() if p.is_file()):
+        click.echo(f"  {out / name}")
