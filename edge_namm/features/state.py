@@ -1,0 +1,315 @@
+"""Streaming NAMM feature state, indexed by physical KV cell (DESIGN.md §1.2).
+
+A physical cell keeps its token until it is evicted, so the state needs no compaction: the engine
+folds each decode's attention rows with :meth:`AttentionFeatures.fold` and calls
+:meth:`AttentionFeatures.reset_cells` on eviction; a token that later lands in a reset cell starts
+from zero, which is exactly the paper's rule for new tokens (frames from before the token existed
+hold only zeros, and there is no previous vector to decay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from .stft import dft_tables, flat_rows, fold_rows, fold_rows_serial
+
+#: Below this many units of work (one unit: one attention value copied; a frame costs about 32
+#: units) a fold runs on the calling thread. Waking Numba's workers costs tens of microseconds on
+#: an idle machine but up to a scheduler time slice (many ms) on a busy one, while a generated
+#: token's fold over 30 x 3 x 2,048 cells is ~0.3 ms serial, ~10 ms when it completes a frame.
+SERIAL_WORK = 1 << 23
+
+#: Floor on the standard deviation in :func:`normalise`, as in the reference.
+STD_FLOOR = 1e-7
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Feature constants; scorer files carry them (``to_dict``/``from_dict``)."""
+
+    n_fft: int = 32
+    hop: int = 16
+    ema_decay: float = 0.99
+    age_dims: int = 8
+    age_base: float = 50000.0
+
+    def __post_init__(self) -> None:
+        if self.n_fft < 8 or self.n_fft % 4 != 0:
+            raise ValueError(f"n_fft must be a multiple of 4 and >= 8, got {self.n_fft}")
+        if not 1 <= self.hop <= self.n_fft:
+            raise ValueError(f"hop must be in [1, n_fft], got {self.hop}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.age_dims < 0 or self.age_dims % 2 != 0:
+            raise ValueError(f"age_dims must be even and >= 0, got {self.age_dims}")
+        if self.age_base <= 0.0:
+            raise ValueError(f"age_base must be > 0, got {self.age_base}")
+
+    @property
+    def n_bins(self) -> int:
+        """One-sided STFT bins: ``n_fft // 2 + 1`` (17)."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def n_features(self) -> int:
+        """Feature vector length: ``age_dims + n_bins`` (25)."""
+        return self.age_dims + self.n_bins
+
+    @property
+    def frame_decay(self) -> float:
+        """EMA factor per STFT frame, ``ema_decay ** hop`` (the paper's ``a``)."""
+        return float(self.ema_decay) ** self.hop
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown FeatureConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class AttentionFeatures:
+    """Streaming STFT/EMA state per (layer, KV head, physical cell), plus baseline statistics.
+
+    Memory: a ring of the last ``n_fft`` attention values per cell (float32), the EMA spectrogram
+    (float32) and the attention sum (float64).
+    """
+
+    def __init__(
+        self, n_layer: int, n_head_kv: int, n_cells: int, config: FeatureConfig = FeatureConfig()
+    ) -> None:
+        if min(n_layer, n_head_kv, n_cells) < 1:
+            raise ValueError(f"bad shape: {n_layer=} {n_head_kv=} {n_cells=}")
+        self.n_layer = int(n_layer)
+        self.n_head_kv = int(n_head_kv)
+        self.n_cells = int(n_cells)
+        self.config = config
+        self._win, self._cos, self._sin = dft_tables(config.n_fft)
+        self._decay = np.float32(config.frame_decay)
+        # Internal layouts put cells last so the kernels' inner loops are contiguous.
+        self._ring = np.zeros((n_layer, n_head_kv, config.n_fft, n_cells), dtype=np.float32)
+        self._ema = np.zeros((n_layer, n_head_kv, config.n_bins, n_cells), dtype=np.float32)
+        self._asum = np.zeros((n_layer, n_head_kv, n_cells), dtype=np.float64)
+        self._n_queries = 0
+        #: Work threshold for the single-threaded kernel (see ``SERIAL_WORK``); 0 = always parallel.
+        self.serial_work = SERIAL_WORK
+
+    def fold(self, rows: np.ndarray) -> None:
+        """Fold the attention of ``n_q`` new queries, ``rows`` [L, H, n_q, n_cells].
+
+        Any ``n_q`` works; frames are emitted at every ``hop``-th query counted since
+        :meth:`reset`. ``rows`` may be strided along the query axis; float32 with contiguous cells
+        avoids a copy.
+        """
+        rows = np.asarray(rows)
+        expect = (self.n_layer, self.n_head_kv, self.n_cells)
+        if rows.ndim != 4 or (rows.shape[0], rows.shape[1], rows.shape[3]) != expect:
+            raise ValueError(
+                f"rows must be [{expect[0]}, {expect[1]}, n_q, {expect[2]}], got {rows.shape}"
+            )
+        n_q = rows.shape[2]
+        if n_q == 0:
+            return
+        flat, strides = flat_rows(rows)
+        hop = self.config.hop
+        frames = (self._n_queries + n_q) // hop - self._n_queries // hop
+        work = self.n_layer * self.n_head_kv * self.n_cells * (n_q + 32 * frames)
+        kernel = fold_rows_serial() if work < self.serial_work else fold_rows()
+        kernel(
+            flat,
+            strides,
+            n_q,
+            self._ring,
+            self._ema,
+            self._asum,
+            self._n_queries,
+            hop,
+            self._win,
+            self._cos,
+            self._sin,
+            self._decay,
+        )
+        self._n_queries += n_q
+
+    @property
+    def spectrogram(self) -> np.ndarray:
+        """Current EMA spectrogram, float32 [L, H, n_cells, n_bins] (a copy)."""
+        return np.ascontiguousarray(self._ema.transpose(0, 1, 3, 2))
+
+    @property
+    def attention_sum(self) -> np.ndarray:
+        """Attention summed over all queries since each cell was (re)filled, float64 [L, H, n_cells]
+        (H2O baseline)."""
+        return self._asum.copy()
+
+    @property
+    def last_row(self) -> np.ndarray:
+        """Attention paid by the most recent query, float32 [L, H, n_cells] (TOVA baseline)."""
+        if self._n_queries == 0:
+            return np.zeros((self.n_layer, self.n_head_kv, self.n_cells), dtype=np.float32)
+        return self._ring[:, :, (self._n_queries - 1) % self.config.n_fft, :].copy()
+
+    def recent(self, n: int) -> np.ndarray:
+        """The last ``n <= n_fft`` attention values per cell, oldest first, float32
+        [L, H, n_cells, n] (SnapKV observation window). Zeros where fewer queries were seen."""
+        if not 0 <= n <= self.config.n_fft:
+            raise ValueError(f"n must be in [0, {self.config.n_fft}], got {n}")
+        slots = (self._n_queries - n + np.arange(n)) % self.config.n_fft
+        return np.ascontiguousarray(self._ring[:, :, slots, :].transpose(0, 1, 3, 2))
+
+    @property
+    def n_queries(self) -> int:
+        """Queries folded since construction or :meth:`reset`."""
+        return self._n_queries
+
+    def reset_cells(self, cells: np.ndarray) -> None:
+        """Zero all state of ``cells`` (evicted: the next token there starts fresh)."""
+        cells = np.asarray(cells, dtype=np.intp).ravel()
+        if cells.size == 0:
+            return
+        if cells.min() < 0 or cells.max() >= self.n_cells:
+            raise IndexError(f"cell index out of range [0, {self.n_cells})")
+        self._ring[..., cells] = 0.0
+        self._ema[..., cells] = 0.0
+        self._asum[..., cells] = 0.0
+
+    def reset(self) -> None:
+        """Forget everything (new sequence)."""
+        self._ring.fill(0.0)
+        self._ema.fill(0.0)
+        self._asum.fill(0.0)
+        self._n_queries = 0
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        """Copies of the state, internal layouts: ``ring`` [L, H, n_fft, C] (query ``t`` in slot
+        ``t % n_fft``), ``ema`` [L, H, n_bins, C], ``attention_sum`` [L, H, C], ``n_queries``."""
+        return {
+            "ring": self._ring.copy(),
+            "ema": self._ema.copy(),
+            "attention_sum": self._asum.copy(),
+            "n_queries": int(self._n_queries),
+        }
+
+    def load_state_dict(self, d: dict[str, np.ndarray | int]) -> None:
+        """Restore a :meth:`state_dict` taken from an instance with the same shape and config."""
+        for key, dst in (("ring", self._ring), ("ema", self._ema), ("attention_sum", self._asum)):
+            src = np.asarray(d[key])
+            if src.shape != dst.shape:
+                raise ValueError(f"{key}: shape {src.shape} != {dst.shape}")
+        self._ring[...] = d["ring"]
+        self._ema[...] = d["ema"]
+        self._asum[...] = d["attention_sum"]
+        self._n_queries = int(d["n_queries"])
+
+
+def age_embedding(ages: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Sinusoidal age embedding, ``[...]`` -> float32 ``[..., age_dims]``.
+
+    ``[sin(age * w_k) for k < d/2] + [cos(age * w_k) for k < d/2]``, ``w_k = base ** (-k / (d/2))``
+    with ``age = newest_position - token_position``. Computed in float64 (ages reach 1e4+).
+    """
+    half = config.age_dims // 2
+    w = config.age_base ** (-np.arange(half, dtype=np.float64) / max(half, 1))
+    ang = np.asarray(ages, dtype=np.float64)[..., None] * w
+    return np.concatenate([np.sin(ang), np.cos(ang)], axis=-1).astype(np.float32)
+
+
+def raw_features(
+    spectrogram_rows: np.ndarray, ages: np.ndarray, config: FeatureConfig = FeatureConfig()
+) -> np.ndarray:
+    """``[age(age_dims), spectrogram(n_bins)]`` per token, float32 ``[R, N, n_features]``.
+
+    ``spectrogram_rows`` is ``[R, N, n_bins]`` (any leading dims), ``ages`` ``[N]`` (or anything
+    broadcastable to ``spectrogram_rows.shape[:-1]``). Not normalised: the frozen normalisation
+    belongs to the scorer (:func:`normalise`).
+    """
+    spec = np.asarray(spectrogram_rows)
+    if spec.shape[-1] != config.n_bins:
+        raise ValueError(f"last dim must be {config.n_bins}, got {spec.shape}")
+    out = np.empty(spec.shape[:-1] + (config.n_features,), dtype=np.float32)
+    out[..., : config.age_dims] = age_embedding(ages, config)
+    out[..., config.age_dims :] = spec
+    return out
+
+
+def normalise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per-bin z-score of the trailing ``len(mean)`` dims, ``(x - mu) / max(sigma, 1e-7)``.
+
+    One shared set of statistics for all layers and heads; the leading (age) dims are copied
+    unchanged. Returns a new float32 array.
+    """
+    mean = np.asarray(mean, dtype=np.float32).ravel()
+    std = np.asarray(std, dtype=np.float32).ravel()
+    if mean.shape != std.shape:
+        raise ValueError(f"mean {mean.shape} and std {std.shape} differ")
+    out = np.array(features, dtype=np.float32, copy=True)
+    start = out.shape[-1] - mean.shape[0]
+    if start < 0:
+        raise ValueError(f"features have {out.shape[-1]} dims < {mean.shape[0]} statistics")
+    out[..., start:] -= mean
+    out[..., start:] /= np.maximum(std, np.float32(STD_FLOOR))
+    return out
+
+
+class NormStats:
+    """Running per-bin mean/variance over many spectrogram vectors (float64, Chan/Welford merge).
+
+    Feed it spectrograms of live cells from full-cache runs, then freeze ``mean``/``std`` into the
+    scorer. ``std`` is the population standard deviation (ddof 0).
+    """
+
+    def __init__(self, n_bins: int = 17) -> None:
+        self.n_bins = int(n_bins)
+        self.count = 0
+        self._mean = np.zeros(self.n_bins, dtype=np.float64)
+        self._m2 = np.zeros(self.n_bins, dtype=np.float64)
+
+    def update(self, spec_rows: np.ndarray) -> None:
+        """Add vectors ``[..., n_bins]`` (every leading index is one sample)."""
+        x = np.asarray(spec_rows, dtype=np.float64).reshape(-1, self.n_bins)
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean = x.mean(axis=0)
+        b_m2 = ((x - b_mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = b_mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + b_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean.copy()
+
+    @property
+    def var(self) -> np.ndarray:
+        return self._m2 / self.count if self.count else np.zeros(self.n_bins)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (plain lists)."""
+        return {
+            "n_bins": self.n_bins,
+            "count": int(self.count),
+            "mean": self._mean.tolist(),
+            "m2": self._m2.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NormStats:
+        s = cls(int(d["n_bins"]))
+        s.count = int(d["count"])
+        s._mean = np.asarray(d["mean"], dtype=np.float64).reshape(s.n_bins)
+        s._m2 = np.asarray(d["m2"], dtype=np.float64).reshape(s.n_bins)
+        return s
