@@ -70,6 +70,15 @@ def test_logical_history_outlives_physical_cache(namm_llm, counting_text):
     assert kept[-1] == 1999 and len(kept) <= 512 + 256
 
 
+def _greedy(llm: NammLlama, first: int, n: int) -> list[int]:
+    out = [first]
+    for _ in range(n):
+        llm.eval([out[-1]])
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+        out.append(int(np.argmax(logits)))
+    return out
+
+
 def test_save_and_load_state_round_trip(namm_llm):
     llm = namm_llm
     llm.reset()
@@ -77,20 +86,19 @@ def test_save_and_load_state_round_trip(namm_llm):
     llm.eval(prompt)
     state = llm.save_state()
     spec_before = llm.memory.features.spectrogram.copy()
-
-    def greedy(n: int) -> list[int]:
-        out = []
-        for token in llm.generate([], temp=0.0, reset=False):
-            out.append(token)
-            if len(out) == n:
-                break
-        return out
-
-    first = greedy(40)
-    llm.load_state(state)
-    np.testing.assert_array_equal(llm.memory.features.spectrogram, spec_before)
-    assert llm.n_tokens == len(prompt)
-    second = greedy(40)
+    evictions: list[list[int]] = []
+    llm.memory.on_update.append(lambda view, evict: evictions.append(view.positions[evict].tolist()))
+    steps = llm.update_interval - llm._since_update + 8  # run through one memory update
+    try:
+        first = _greedy(llm, prompt[-1], steps)
+        first_evictions, evictions[:] = list(evictions), []
+        llm.load_state(state)
+        np.testing.assert_array_equal(llm.memory.features.spectrogram, spec_before)
+        assert llm.n_tokens == len(prompt)
+        second = _greedy(llm, prompt[-1], steps)
+    finally:
+        llm.memory.on_update.clear()
+    assert first_evictions and first_evictions == evictions
     assert first == second
 
 
