@@ -304,4 +304,5 @@ class NammLlama(llama_cpp.Llama):
         if getattr(self, "_memory", None) is not None:
             self._memory.close()
             self._memory = None
-        super().close()
+        if hasattr(self, "_stack"):  # absent when __init__ failed before llama_cpp.Llama's
+            super().close()

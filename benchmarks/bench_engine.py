@@ -1,0 +1,137 @@
+"""End-to-end speed and memory: plain llama-cpp-python vs NammLlama (`full`, `namm`).
+
+    python benchmarks/bench_engine.py [--lengths 4096,8192] [--budget-fraction 0.25]
+
+Each configuration runs in its own subprocess so that its peak RSS is its own. Reported:
+prefill and decode tokens/s, peak RSS, and NammLlama's split between llama_decode and NAMM
+work (fold + scoring + eviction). "plain" is llama_cpp.Llama with n_ctx sized to the input
+(input + decode tokens), i.e. a full cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from common import default_model, machine
+
+
+def child(cfg: dict) -> dict:
+    import llama_cpp
+    import numpy as np
+
+    from edge_namm.engine import NammLlama
+    from edge_namm.tasks.haystack import Haystack
+
+    text = " ".join(Haystack.default().sentences[:3000])
+    if cfg["kind"] == "plain":
+        llm = llama_cpp.Llama(
+            cfg["model"],
+            n_ctx=cfg["length"] + cfg["decode"] + 64,
+            n_batch=cfg["chunk"],
+            n_ubatch=cfg["chunk"],
+            verbose=False,
+            n_threads=cfg["threads"],
+        )
+        llm.input_ids = np.zeros(cfg["length"] + cfg["decode"] + 64, dtype=np.intc)
+    else:
+        llm = NammLlama(
+            cfg["model"],
+            policy=cfg["kind"],
+            budget=cfg["budget"],
+            chunk=cfg["chunk"],
+            update_interval=cfg["interval"],
+            n_threads=cfg["threads"],
+        )
+    tokens = llm.tokenize(text.encode())[: cfg["length"]]
+    t0 = time.perf_counter()
+    for i in range(0, len(tokens), cfg["chunk"]):
+        llm.eval(tokens[i : i + cfg["chunk"]])
+    prefill = time.perf_counter() - t0
+    token = tokens[-1]
+    t0 = time.perf_counter()
+    for _ in range(cfg["decode"]):
+        llm.eval([token])
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+        token = int(np.argmax(logits))
+    decode = time.perf_counter() - t0
+    out = {
+        "prefill_tok_s": len(tokens) / prefill,
+        "decode_tok_s": cfg["decode"] / decode,
+        "total_s": prefill + decode,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if cfg["kind"] != "plain":
+        out.update(
+            seconds_llama=llm.stats.seconds_llama,
+            seconds_namm=llm.stats.seconds_namm,
+            cells=llm.stats.n_cells,
+        )
+    else:
+        out["cells"] = llm.n_ctx()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=default_model())
+    ap.add_argument("--lengths", default="4096,8192")
+    ap.add_argument("--budget-fraction", type=float, default=0.25)
+    ap.add_argument("--budget", type=int, default=None, help="fixed budget (overrides fraction)")
+    ap.add_argument("--interval", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    print(f"machine: {machine()}")
+    print(
+        "| input | config | cells | prefill tok/s | decode tok/s | total s | vs plain "
+        "| peak RSS MiB | NAMM share |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for length in [int(x) for x in args.lengths.split(",")]:
+        budget = args.budget or int(length * args.budget_fraction)
+        base = None
+        for kind in ("plain", "full", "namm"):
+            cfg = dict(
+                kind=kind,
+                model=args.model,
+                length=length,
+                decode=args.decode,
+                chunk=args.chunk,
+                interval=args.interval,
+                threads=args.threads,
+                budget=budget if kind == "namm" else length + args.decode + args.chunk,
+            )
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(cfg)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            base = base or r["total_s"]
+            share = (
+                f"{r['seconds_namm'] / (r['seconds_namm'] + r['seconds_llama']):.1%}"
+                if "seconds_namm" in r
+                else "-"
+            )
+            label = kind if kind != "namm" else f"namm (budget {budget})"
+            print(
+                f"| {length} | {label} | {r['cells']} | {r['prefill_tok_s']:.1f} "
+                f"| {r['decode_tok_s']:.1f} | {r['total_s']:.1f} | {base / r['total_s']:.2f}x "
+                f"| {r['peak_rss_mib']:.0f} | {share} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
