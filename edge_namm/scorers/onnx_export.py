@@ -1,0 +1,263 @@
+"""Export a numpy scorer to an ONNX graph (built with onnx.helper, no PyTorch).
+
+The graph takes RAW features ``features`` float32 [R, N, 25] (R and N dynamic) and returns
+``scores`` float32 [R, N]; the frozen normalisation is baked in as constants. For BAM the
+backward (and window) mask is built inside the graph from Range ops, and attention runs in a
+Loop over query blocks (``bam.attn_block_size``) so the N x N
+matrix is never materialised: at N = 8192 and R = 90 it would take 24 GB.
+
+The scorer-file header (format, version, type, n_params, options, aggregation, normalization,
+features, provenance) is stored in the model's metadata_props, JSON-encoded where structured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .bam import D_ATTN, DEFAULT_BLOCK_ELEMS, MAX_BLOCK, MIN_BLOCK, BAMScorer, unpack_bam
+from .base import N_FEATURES, Scorer
+from .file import scorer_header
+from .mlp import LinearScorer, TwoLayerScorer, unpack_linear, unpack_two_layer
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "scores"
+MIN_OPSET = 13
+
+
+class _Graph:
+    """Tiny helper to emit nodes with unique names into a (sub)graph."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{self.prefix}{hint}_{self._n}"
+
+    def const(self, value: Any, hint: str = "c", dtype: Any = np.float32) -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(
+        self, op_type: str, inputs: list[str], hint: str | None = None, n_out: int = 1, **attrs: Any
+    ) -> Any:
+        outs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(
+            helper.make_node(op_type, inputs, outs, name=self.name("n_" + op_type), **attrs)
+        )
+        return outs[0] if n_out == 1 else outs
+
+
+def _i64(g: _Graph, values: Any, hint: str = "i") -> str:
+    return g.const(values, hint, np.int64)
+
+
+def _normalize(g: _Graph, scorer: Scorer, x: str) -> str:
+    shift, div = scorer.norm_vectors()
+    return g.op(
+        "Div", [g.op("Sub", [x, g.const(shift, "norm_shift")]), g.const(div, "norm_div")], "z"
+    )
+
+
+def _dense(g: _Graph, x: str, w: np.ndarray, b: np.ndarray, hint: str) -> str:
+    return g.op(
+        "Add", [g.op("MatMul", [x, g.const(w, hint + "_W")]), g.const(b, hint + "_b")], hint
+    )
+
+
+def _score_head(g: _Graph, h: str, w: np.ndarray, b: np.ndarray) -> str:
+    """h [R, N, 25] -> [R, N]: h @ w + b with the last axis squeezed."""
+    return g.op("Squeeze", [_dense(g, h, w, b, "score"), _i64(g, [2], "axis2")], "score_sq")
+
+
+def _mlp_graph(g: _Graph, scorer: Scorer, x: str) -> str:
+    """Per-cell scorers with the normalisation folded into the weights.
+
+    With z = (x - shift) / div = x * a + c: z @ W + b = x @ (a[:, None] * W) + (c @ W + b).
+    ORT's broadcast Sub/Div over a trailing dim of 25 cost more than the MatMul itself.
+    """
+    shift, div = (v.astype(np.float64) for v in scorer.norm_vectors())
+    a, c = 1.0 / div, -shift / div
+
+    def fold(w: np.ndarray, b: Any) -> tuple[np.ndarray, np.ndarray]:
+        w = w.astype(np.float64)
+        return (a[:, None] * w).astype(np.float32), (c @ w + b).astype(np.float32)
+
+    if isinstance(scorer, LinearScorer):
+        w, b = unpack_linear(scorer.params)
+        return _score_head(g, x, *fold(w, b))
+    w1, b1, w2, b2 = unpack_two_layer(scorer.params)
+    # score = z @ W2 + relu(z @ W1 + b1) @ W2 + b2, i.e. (z + relu(...)) @ W2 + b2 regrouped.
+    hidden = g.op("Relu", [_dense(g, x, *fold(w1, b1), "l1")])
+    direct = _dense(g, x, *fold(w2, b2), "direct")
+    through = g.op("MatMul", [hidden, g.const(w2, "W2")], "through")
+    out = g.op("Add", [direct, through], "score")
+    return g.op("Squeeze", [out, _i64(g, [2], "axis2")], "score_sq")
+
+
+def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
+    """Emit BAM: qkv in the outer graph, attention + output head in a Loop over query blocks."""
+    p = unpack_bam(scorer.params)
+    window = scorer.window
+    qkv = _dense(g, z, p["W_qkv"], p["b_qkv"], "qkv")
+    q, k, v = g.op("Split", [qkv, _i64(g, [D_ATTN] * 3, "split")], "qkv_part", n_out=3, axis=2)
+    q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D_ATTN), "scale")], "q")
+    k_t = g.op("Transpose", [k], "k_t", perm=[0, 2, 1])
+
+    shape = g.op("Shape", [z])
+    rows = g.op("Gather", [shape, _i64(g, 0, "zero")], "rows", axis=0)  # scalar int64
+    n = g.op("Gather", [shape, _i64(g, 1, "one")], "n", axis=0)
+    idx = g.op("Range", [_i64(g, 0, "zero"), n, _i64(g, 1, "one")], "idx")
+
+    # Query block size: same rule as bam.attn_block_size, clamped to [MIN_BLOCK, MAX_BLOCK].
+    if window is None:
+        denom = g.op("Max", [g.op("Mul", [rows, n]), _i64(g, 1, "one")])
+        block = g.op("Div", [_i64(g, block_elems, "budget"), denom], "block_raw")
+    else:
+        rows_f = g.op("Cast", [g.op("Max", [rows, _i64(g, 1, "one")])], to=TensorProto.DOUBLE)
+        quad = g.op("Div", [g.const(4.0 * block_elems, "budget4", np.float64), rows_f])
+        root = g.op("Sqrt", [g.op("Add", [quad, g.const(float(window) ** 2, "w2", np.float64)])])
+        half = g.op(
+            "Div",
+            [
+                g.op("Sub", [root, g.const(float(window), "wf", np.float64)]),
+                g.const(2.0, "two", np.float64),
+            ],
+        )
+        block = g.op("Cast", [g.op("Floor", [half])], "block_raw", to=TensorProto.INT64)
+    block = g.op(
+        "Min",
+        [g.op("Max", [block, _i64(g, MIN_BLOCK, "bmin")]), _i64(g, MAX_BLOCK, "bmax")],
+        "block",
+    )
+    trips = g.op("Div", [g.op("Sub", [g.op("Add", [n, block]), _i64(g, 1, "one")]), block], "trips")
+    block_1d = g.op("Unsqueeze", [block, _i64(g, [0], "ax0")], "block_1d")
+    n_1d = g.op("Unsqueeze", [n, _i64(g, [0], "ax0")], "n_1d")
+    empty = g.op(
+        "ConstantOfShape",
+        [
+            g.op(
+                "Concat", [g.op("Unsqueeze", [rows, _i64(g, [0])]), _i64(g, [0], "zero_1d")], axis=0
+            )
+        ],
+        "acc0",
+        value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+    )
+
+    # Loop body: block b covers queries [i0, i1) and keys [i0, k1).
+    b = _Graph("body_")
+    i0 = b.op("Mul", ["iter", block_1d], "i0")  # iter is a 0-d tensor; block_1d is [1]
+    i1 = b.op("Add", [i0, block_1d], "i1")
+    k1 = n_1d if window is None else b.op("Add", [i1, _i64(b, [window], "win")], "k1")
+    axis1 = _i64(b, [1], "axis1")
+    axis0 = _i64(b, [0], "axis0")
+    qb = b.op("Slice", [q, i0, i1, axis1], "qb")
+    zb = b.op("Slice", [z, i0, i1, axis1], "zb")
+    ktb = b.op("Slice", [k_t, i0, k1, _i64(b, [2], "axis2")], "ktb")
+    vb = b.op("Slice", [v, i0, k1, axis1], "vb")
+    s = b.op("MatMul", [qb, ktb], "s")  # [R, Bq, Bk]
+    qi = b.op("Unsqueeze", [b.op("Slice", [idx, i0, i1, axis0]), _i64(b, [1], "ax1")], "qi")
+    kj = b.op("Unsqueeze", [b.op("Slice", [idx, i0, k1, axis0]), _i64(b, [0], "ax0")], "kj")
+    d = b.op("Sub", [kj, qi], "d")  # [Bq, Bk] = key index - query index
+    allowed = b.op("GreaterOrEqual", [d, _i64(b, 0, "zero")], "allowed")
+    if window is not None:
+        near = b.op("LessOrEqual", [d, _i64(b, window, "win_s")], "near")
+        allowed = b.op("And", [allowed, near], "allowed_w")
+    # A [Bq, Bk] additive bias broadcast over rows is much cheaper in ORT than a 3-way Where.
+    bias = b.op("Where", [allowed, b.const(0.0, "zero_f"), b.const(-np.inf, "neg_inf")], "bias")
+    s = b.op("Add", [s, bias], "s_masked")
+    attn = b.op("MatMul", [b.op("Softmax", [s], "p", axis=-1), vb], "attn")
+    y = _dense(b, attn, p["W_o"], p["b_o"], "y")
+    res, mult = b.op(
+        "Split", [y, _i64(b, [N_FEATURES, N_FEATURES], "split")], "y_part", n_out=2, axis=2
+    )
+    gate = b.op("Add", [mult, b.const(1.0, "one_f")], "gate")
+    h = b.op("Add", [b.op("Mul", [zb, gate]), res], "h")
+    sb = _score_head(b, h, p["W_s"], p["b_s"])
+    acc_out = b.op("Concat", ["acc_in", sb], "acc_out", axis=1)
+    cond_out = b.op("Identity", ["cond_in"], "cond_out")
+    body = helper.make_graph(
+        b.nodes,
+        "bam_block",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+            helper.make_tensor_value_info(acc_out, TensorProto.FLOAT, None),
+        ],
+        initializer=b.inits,
+    )
+    cond = g.const(True, "true", np.bool_)
+    return g.op("Loop", [trips, cond, empty], "bam_scores", body=body)
+
+
+def build_onnx_model(
+    scorer: Scorer,
+    opset: int = 17,
+    provenance: Mapping[str, Any] | None = None,
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> onnx.ModelProto:
+    """Build (and check) the ONNX model for ``scorer``; see the module docstring."""
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(
+            f"opset must be in {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}"
+        )
+    g = _Graph("")
+    if isinstance(scorer, BAMScorer):
+        raw = _bam_graph(g, scorer, _normalize(g, scorer, INPUT_NAME), block_elems)
+    elif isinstance(scorer, (LinearScorer, TwoLayerScorer)):
+        raw = _mlp_graph(g, scorer, INPUT_NAME)
+    else:
+        raise TypeError(f"no ONNX export for scorer type {scorer.type_name!r}")
+    g.nodes.append(helper.make_node("Identity", [raw], [OUTPUT_NAME], name="output"))
+    graph = helper.make_graph(
+        g.nodes,
+        f"edge_namm_{scorer.type_name.replace('-', '_')}",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["R", "N", N_FEATURES])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["R", "N"])],
+        initializer=g.inits,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        ir_version=helper.find_min_ir_version_for(opsets),
+        producer_name="edge-namm",
+        doc_string=f"edge-namm NAMM scorer ({scorer.type_name}), raw features in, scores out",
+    )
+    header = scorer_header(scorer, provenance)
+    meta = {
+        key: value if isinstance(value, str) else json.dumps(value, allow_nan=False)
+        for key, value in header.items()
+    }
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(
+    scorer: Scorer,
+    path: str | os.PathLike[str],
+    opset: int = 17,
+    provenance: Mapping[str, Any] | None = None,
+    block_elems: int = DEFAULT_BLOCK_ELEMS,
+) -> onnx.ModelProto:
+    """Write ``scorer`` as a checked ONNX model to ``path`` (and return the model)."""
+    model = build_onnx_model(scorer, opset, provenance, block_elems)
+    onnx.save_model(model, os.fspath(path))
+    return model
