@@ -78,7 +78,8 @@ class NammLlama(llama_cpp.Llama):
     """A llama_cpp.Llama with a bounded, policy-managed KV cache.
 
     Extra arguments: `policy` (name or Policy instance), `scorer` (scorer file path or object,
-    for `namm`), `budget` (cells kept after each update), `update_interval` (tokens between
+    for `namm`), `scorer_backend` ("auto": ONNX Runtime when available, "onnx", "numpy") and
+    `scorer_providers` (ONNX Runtime providers, default chosen automatically), `budget` (cells kept after each update), `update_interval` (tokens between
     updates, multiple of 16), `chunk` (prefill batch size, <= update_interval), `seed`
     (eviction RNG), `record_attention` (fold attention features even when the policy needs
     none, e.g. to estimate normalisation statistics under a full cache; default: as the policy
@@ -92,6 +93,8 @@ class NammLlama(llama_cpp.Llama):
         *,
         policy: str | Policy = "namm",
         scorer: Any = None,
+        scorer_backend: str = "auto",
+        scorer_providers: Any = None,
         budget: int = 1024,
         update_interval: int = 512,
         chunk: int = 128,
@@ -111,7 +114,13 @@ class NammLlama(llama_cpp.Llama):
         self.policy = (
             policy
             if isinstance(policy, Policy)
-            else make_policy(policy, scorer=scorer, **(policy_kwargs or {}))
+            else make_policy(
+                policy,
+                scorer=scorer,
+                scorer_backend=scorer_backend,
+                scorer_providers=scorer_providers,
+                **(policy_kwargs or {}),
+            )
         )
         if update_interval <= 0 or update_interval % 16:
             raise EngineConfigError(

@@ -32,15 +32,22 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def make_policy(name: str, scorer: Any = None, **kwargs: Any) -> Policy:
-    """Build a registered policy; `scorer` (path or scorer object) only applies to `namm`."""
+def make_policy(
+    name: str,
+    scorer: Any = None,
+    scorer_backend: str = "auto",
+    scorer_providers: Any = None,
+    **kwargs: Any,
+) -> Policy:
+    """Build a registered policy; `scorer` (path or scorer object) only applies to `namm`,
+    scored with ONNX Runtime or numpy (`scorer_backend`, `scorer_providers`)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy '{name}'; valid policies: {', '.join(sorted(POLICIES))}")
     cls = POLICIES[name]
     if cls is NammPolicy:
         from edge_namm.scorers.default import resolve_scorer
 
-        return cls(scorer=resolve_scorer(scorer), **kwargs)
+        return cls(scorer=resolve_scorer(scorer, scorer_backend, scorer_providers), **kwargs)
     if scorer is not None:
         raise ValueError(f"policy '{name}' takes no scorer (only 'namm' does)")
     return cls(**kwargs)

@@ -20,27 +20,23 @@ def default_scorer_path() -> Path:
     return trained if trained.is_file() else MODELS_DIR / PLACEHOLDER_SCORER_NAME
 
 
-def resolve_scorer(scorer: Any = None, backend: str = "auto") -> Any:
-    """None -> the default scorer; a path -> loaded (.json scorer file or .onnx); else as is.
-
-    Scorer files are compiled for ONNX Runtime when available (backend="auto"), with the
-    numpy reference as the fallback.
+def resolve_scorer(scorer: Any = None, backend: str = "auto", providers: Any = None) -> Any:
+    """None -> the default scorer; a path -> loaded (.json scorer file or .onnx); a scorer
+    object -> itself. Numpy scorers are compiled for ONNX Runtime when available
+    (backend="auto"), with the numpy reference as the fallback.
     """
+    from edge_namm.scorers.runtime import compile_scorer
+
     if scorer is not None and not isinstance(scorer, (str, os.PathLike)):
-        return scorer
+        return compile_scorer(scorer, backend=backend, providers=providers)
     path = Path(scorer) if scorer is not None else default_scorer_path()
     if path.suffix == ".onnx":
         from edge_namm.scorers.runtime import load_onnx_scorer
 
-        return load_onnx_scorer(path)
+        return load_onnx_scorer(path, providers=providers)
     from edge_namm.scorers.file import load_scorer
 
-    loaded = load_scorer(path)
-    try:
-        from edge_namm.scorers.runtime import compile_scorer
-    except ImportError:
-        return loaded
-    return compile_scorer(loaded, backend=backend)
+    return compile_scorer(load_scorer(path), backend=backend, providers=providers)
 
 
 def scoring_backend() -> str:

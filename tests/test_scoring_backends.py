@@ -1,0 +1,51 @@
+"""The engine evicts exactly the same tokens whether it scores with ONNX Runtime or numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_namm.engine import NammLlama
+from edge_namm.scorers import zero_scorer
+from edge_namm.scorers.default import default_scorer_path
+from edge_namm.scorers.file import load_scorer
+
+
+def _evictions(model_path: str, scorer, backend: str, text: str) -> list[list[int]]:
+    llm = NammLlama(
+        model_path,
+        policy="namm",
+        scorer=scorer,
+        scorer_backend=backend,
+        budget=256,
+        update_interval=128,
+        chunk=64,
+    )
+    assert llm.policy.scorer.backend == backend
+    log: list[list[int]] = []
+    llm.memory.on_update.append(lambda view, evict: log.append(view.positions[evict].tolist()))
+    try:
+        llm.eval(llm.tokenize(text.encode())[:700])
+    finally:
+        llm.close()
+    return log
+
+
+def _random_bam_window():
+    base = load_scorer(default_scorer_path())
+    params = np.random.default_rng(1).normal(0, 0.05, size=4172).astype(np.float32)
+    return zero_scorer("bam-window", options={"window": 64}).__class__(
+        params, base.norm_mean, base.norm_std, options={"window": 64}
+    )
+
+
+@pytest.mark.parametrize("which", ["default", "bam-window"])
+def test_same_evictions_with_onnx_and_numpy(model_path, which):
+    from edge_namm.tasks.haystack import Haystack
+
+    text = " ".join(Haystack.default().sentences[200:500])
+    scorer = load_scorer(default_scorer_path()) if which == "default" else _random_bam_window()
+    onnx_log = _evictions(model_path, scorer, "onnx", text)
+    numpy_log = _evictions(model_path, scorer, "numpy", text)
+    assert sum(map(len, onnx_log)) > 0
+    assert onnx_log == numpy_log
