@@ -87,7 +87,9 @@ def test_save_and_load_state_round_trip(namm_llm):
     state = llm.save_state()
     spec_before = llm.memory.features.spectrogram.copy()
     evictions: list[list[int]] = []
-    llm.memory.on_update.append(lambda view, evict: evictions.append(view.positions[evict].tolist()))
+    llm.memory.on_update.append(
+        lambda view, evict: evictions.append(view.positions[evict].tolist())
+    )
     steps = llm.update_interval - llm._since_update + 8  # run through one memory update
     try:
         first = _greedy(llm, prompt[-1], steps)

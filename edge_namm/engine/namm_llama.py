@@ -79,8 +79,9 @@ class NammLlama(llama_cpp.Llama):
 
     Extra arguments: `policy` (name or Policy instance), `scorer` (scorer file path or object,
     for `namm`), `scorer_backend` ("auto": ONNX Runtime when available, "onnx", "numpy") and
-    `scorer_providers` (ONNX Runtime providers, default chosen automatically), `budget` (cells kept after each update), `update_interval` (tokens between
-    updates, multiple of 16), `chunk` (prefill batch size, <= update_interval), `seed`
+    `scorer_providers` (ONNX Runtime providers, default chosen automatically), `budget` (cells
+    kept after each update), `update_interval` (tokens between updates, multiple of 16),
+    `chunk` (prefill batch size, <= update_interval), `seed`
     (eviction RNG), `record_attention` (fold attention features even when the policy needs
     none, e.g. to estimate normalisation statistics under a full cache; default: as the policy
     needs), `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
