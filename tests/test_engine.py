@@ -144,3 +144,31 @@ def test_bad_inputs_raise_clear_errors(model_path, tmp_path, namm_llm):
     # the model stays usable after a refused request
     out = namm_llm.create_completion("Hello", max_tokens=4, temperature=0.0)
     assert out["choices"][0]["text"] is not None
+
+
+def test_reposition_keeps_positions_below_the_limit(model_path, counting_text):
+    llm = NammLlama(
+        model_path,
+        policy="streaming",
+        budget=256,
+        update_interval=128,
+        chunk=64,
+        reposition=True,
+        reposition_limit=640,
+    )
+    newest_physical: list[int] = []
+    llm.memory.on_update.append(lambda view, evict: newest_physical.append(view.newest_position))
+    try:
+        tokens = llm.tokenize(counting_text.encode())[:2000]
+        llm.eval(tokens)
+        assert max(newest_physical) < 640
+        assert llm.kept_positions()[-1] == 1999  # logical positions are kept
+        assert len(llm.kept_positions()) <= 256 + 128
+        # generation continues the count after several renumberings
+        text = llm.detokenize(tokens).decode()
+        out = llm.create_completion(text, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+        full = (text + out).split()
+        last = len(text.split())
+        assert full[last] == str(int(full[last - 1]) + 1)
+    finally:
+        llm.close()

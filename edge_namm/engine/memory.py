@@ -47,7 +47,8 @@ class KVMemory:
         )
         if record_attention:
             self.capture.arm()
-        self._positions = np.full(self.n_cells, -1, dtype=np.int32)
+        self._positions = np.full(self.n_cells, -1, dtype=np.int32)  # physical, per cell
+        self._logical = np.full(self.n_cells, -1, dtype=np.int64)  # logical, per cell
         self.stats = MemoryStats(budget=budget, n_cells=self.n_cells, bytes_per_cell=bytes_per_cell)
         self.on_update: list[
             Callable[[CacheView, np.ndarray], None]
@@ -56,6 +57,18 @@ class KVMemory:
     # --- around llama_decode -------------------------------------------------------------
     def free_cells(self) -> int:
         return int((self._positions < 0).sum())
+
+    def occupied(self) -> np.ndarray:
+        """Cells holding a token."""
+        return np.flatnonzero(self._positions >= 0)
+
+    def kept_logical(self) -> np.ndarray:
+        """Logical positions of the cached tokens, oldest first."""
+        return np.sort(self._logical[self._positions >= 0])
+
+    def positions_moved(self) -> None:
+        """Cells were renumbered in place (same tokens): keep their state, take new positions."""
+        self._positions = native.cell_positions(self.ctx)
 
     def before_decode(self) -> None:
         """Forget feature state of cells emptied behind our back (prefix reuse, reset, an
@@ -67,12 +80,17 @@ class KVMemory:
             self.features.reset_cells(stale)
         self._positions = now
 
-    def after_decode(self, n_new: int) -> None:
+    def after_decode(self, n_new: int, shift: int = 0) -> None:
+        """Fold the new attention rows; `shift` = logical - physical position of new tokens."""
         t0 = time.perf_counter()
         if self.capture.armed:
             self.features.fold(self.capture.rows())
             self.capture.clear()
-        self._positions = native.cell_positions(self.ctx)
+        now = native.cell_positions(self.ctx)
+        filled = (now >= 0) & (now != self._positions)
+        self._logical[filled] = now[filled] + shift
+        self._logical[now < 0] = -1
+        self._positions = now
         self.stats.tokens_seen += n_new
         self.stats.cells_used = int((self._positions >= 0).sum())
         self.stats.seconds_namm += time.perf_counter() - t0
@@ -115,6 +133,7 @@ class KVMemory:
             native.remove_positions(self.ctx, view.positions[evict])
             self.features.reset_cells(view.cells[evict])
             self._positions[view.cells[evict]] = -1
+            self._logical[view.cells[evict]] = -1
         for observer in self.on_update:
             observer(view, evict)
         kept = view.n - len(evict)
@@ -130,18 +149,21 @@ class KVMemory:
         self.features.reset()
         self.capture.clear()
         self._positions[:] = -1
+        self._logical[:] = -1
         self.rng = np.random.default_rng(self.seed)
 
     def state_dict(self) -> dict:
         return {
             "features": self.features.state_dict(),
             "positions": self._positions.copy(),
+            "logical": self._logical.copy(),
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.features.load_state_dict(state["features"])
         self._positions = state["positions"].copy()
+        self._logical = state["logical"].copy()
         self.rng.bit_generator.state = state["rng"]
 
     def close(self) -> None:

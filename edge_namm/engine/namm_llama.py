@@ -20,6 +20,7 @@ import numpy as np
 from edge_namm import native
 from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
 from edge_namm.engine.memory import KVMemory
+from edge_namm.engine.positions import LogicalPositionContext, PositionMap, renumber
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import FeatureConfig
 from edge_namm.policies import make_policy
@@ -72,6 +73,7 @@ class NammLlamaState:
     memory: dict
     stats: dict
     since_update: int
+    positions: tuple[int, int] = (0, 0)  # (shift, exact_from) of the PositionMap
 
 
 class NammLlama(llama_cpp.Llama):
@@ -84,7 +86,9 @@ class NammLlama(llama_cpp.Llama):
     `chunk` (prefill batch size, <= update_interval), `seed`
     (eviction RNG), `record_attention` (fold attention features even when the policy needs
     none, e.g. to estimate normalisation statistics under a full cache; default: as the policy
-    needs), `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
+    needs), `reposition` (renumber survivors' positions 0..k-1 whenever the next position would
+    pass `reposition_limit`, default the model's trained context; see engine/positions.py),
+    `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
     `n_ctx` is derived from the budget and must not be given.
     """
 
@@ -101,6 +105,8 @@ class NammLlama(llama_cpp.Llama):
         chunk: int = 128,
         policy_kwargs: dict | None = None,
         record_attention: bool | None = None,
+        reposition: bool = False,
+        reposition_limit: int | None = None,
         progress: bool = False,
         flash_attn: bool = False,
         verbose: bool = False,
@@ -184,6 +190,18 @@ class NammLlama(llama_cpp.Llama):
             seed=seed if seed != llama_cpp.LLAMA_DEFAULT_SEED else 0,
         )
         self._since_update = 0
+        self._positions = PositionMap()
+        self.reposition = reposition
+        self.reposition_limit = reposition_limit or llama_cpp.llama_model_n_ctx_train(
+            self._model.model
+        )
+        if reposition:
+            if self.reposition_limit < budget + 2 * update_interval:
+                raise EngineConfigError(
+                    f"reposition_limit ({self.reposition_limit}) must be at least budget + 2 x "
+                    f"update_interval ({budget + 2 * update_interval})"
+                )
+            self._ctx = LogicalPositionContext(self._ctx, self._positions)
 
     def _kv_geometry(self) -> tuple[int, int]:
         """(K width per layer, K+V bytes per cell) from the model's shape and cache types."""
@@ -212,6 +230,7 @@ class NammLlama(llama_cpp.Llama):
         if self._memory is not None:
             self._memory.reset()
             self._since_update = 0
+            self._positions.reset()
 
     def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
         if len(prompt) == 0:
@@ -256,7 +275,8 @@ class NammLlama(llama_cpp.Llama):
                     )
                 batch = tokens[i : i + n]
                 all_logits = self._logits_all or logits_out is not None
-                self._batch.set_batch(batch=batch, n_past=self.n_tokens, logits_all=all_logits)
+                n_past = self.n_tokens - self._positions.shift
+                self._batch.set_batch(batch=batch, n_past=n_past, logits_all=all_logits)
                 t0 = time.perf_counter()
                 self._ctx.decode(self._batch)
                 mem.stats.seconds_llama += time.perf_counter() - t0
@@ -265,12 +285,13 @@ class NammLlama(llama_cpp.Llama):
                         self._ctx.get_logits(), shape=(n * self._n_vocab,)
                     )
                     logits_out.append(logits.reshape(n, self._n_vocab).copy())
-                mem.after_decode(n)
+                mem.after_decode(n, self._positions.shift)
                 self._store_tokens(batch)
                 self._since_update += n
                 if self._since_update >= self.update_interval:
                     mem.update()
                     self._since_update = 0
+                    self._maybe_reposition()
                 i += n
                 if bar is not None:
                     bar.update(n)
@@ -278,6 +299,15 @@ class NammLlama(llama_cpp.Llama):
             if bar is not None:
                 bar.close()
         self._requires_eval = False
+
+    def _maybe_reposition(self) -> None:
+        next_physical = self.n_tokens - self._positions.shift
+        if not self.reposition or next_physical + self.update_interval <= self.reposition_limit:
+            return
+        kept = renumber(self._ctx, native.cell_positions(self._ctx.ctx)[self._memory.occupied()])
+        self._positions.shift = self.n_tokens - kept
+        self._positions.exact_from = self.n_tokens
+        self._memory.positions_moved()
 
     def _store_tokens(self, batch: list[int]) -> None:
         """Append to input_ids, growing it: the logical history outlives the physical cache."""
@@ -290,9 +320,8 @@ class NammLlama(llama_cpp.Llama):
         self.n_tokens = end
 
     def kept_positions(self) -> np.ndarray:
-        """Positions currently in the cache, oldest first (what the model still remembers)."""
-        pos = native.cell_positions(self._ctx.ctx)
-        return np.sort(pos[pos >= 0])
+        """Logical positions still in the cache, oldest first (what the model remembers)."""
+        return self._memory.kept_logical()
 
     def save_state(self) -> NammLlamaState:
         return NammLlamaState(
@@ -300,6 +329,7 @@ class NammLlama(llama_cpp.Llama):
             memory=self._memory.state_dict(),
             stats=self._memory.stats.__dict__.copy(),
             since_update=self._since_update,
+            positions=(self._positions.shift, self._positions.exact_from),
         )
 
     def load_state(self, state: NammLlamaState) -> None:
@@ -309,6 +339,7 @@ class NammLlama(llama_cpp.Llama):
         self._memory.load_state_dict(state.memory)
         self._memory.stats.__dict__.update(state.stats)
         self._since_update = state.since_update
+        self._positions.shift, self._positions.exact_from = state.positions
 
     def close(self) -> None:
         if getattr(self, "_memory", None) is not None:
