@@ -1,0 +1,175 @@
+"""Phase 2 fitness: the true task score with the LLM in the loop (paper protocol, §1.5).
+
+Prompts are built by the evaluation harness's ``PromptBuilder`` and scored with the tasks'
+``score_sample``, and budgets resolve exactly as ``edge-namm eval`` resolves them, so the
+training fitness of a scorer is the evaluation score it gets (normalised by the full cache).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_namm.eval.prompting import PreparedSample, PromptBuilder
+from edge_namm.tasks import score_sample
+
+FULL_QUANTUM = 256
+
+
+def greedy(llm: Any, builder: PromptBuilder, max_new_tokens: int) -> list[int]:
+    """Greedy decoding from the logits of the last decoded token (as the eval harness)."""
+    n_vocab = llm.n_vocab()
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+        token = int(np.argmax(logits))
+        if builder.is_end_of_generation(token):
+            break
+        out.append(token)
+        if len(out) < max_new_tokens:
+            llm.eval([token])
+    return out
+
+
+def run_sample(llm: Any, builder: PromptBuilder, prep: PreparedSample) -> float:
+    """Reset, prefill, answer greedily (or score perplexity), return the task score."""
+    llm.reset()
+    if prep.is_lm:
+        llm.eval(prep.prompt[:-1])
+        logprobs = llm.eval_logprobs([prep.prompt[-1], *prep.continuation])
+        return float(math.exp(-float(np.mean(logprobs))))
+    llm.eval(prep.prompt)
+    generated = greedy(llm, builder, prep.sample.max_new_tokens)
+    return float(score_sample(prep.sample, builder.detokenize(generated)))
+
+
+def task_ratio(scores: Sequence[float], full: Sequence[float]) -> float:
+    """Per-task normalised score: mean score / mean full-cache score on the same prompts.
+
+    When the full cache scores 0 on every prompt of a task the ratio is undefined; the mean
+    score itself is used (any success is a gain over the full cache).
+    """
+    denom = float(np.mean(full)) if len(full) else 0.0
+    num = float(np.mean(scores)) if len(scores) else 0.0
+    return num / denom if denom > 0 else num
+
+
+class OnlineFitness:
+    """Evaluates candidate scorers on a fixed list of (task, PreparedSample) with the LLM.
+
+    One ``NammLlama`` per resolved cell budget is kept and reused; the candidate scorer is
+    swapped into its policy. Full-cache scores are computed once per prompt (``full_scores``
+    can be pre-filled from a checkpoint).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        builder: PromptBuilder,
+        prepared: Sequence[tuple[str, PreparedSample]],
+        budget_of: Callable[[PreparedSample], int],
+        *,
+        update_interval: int,
+        chunk: int,
+        seed: int = 0,
+        full_scores: dict[str, float] | None = None,
+        llama_kwargs: dict | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self.builder = builder
+        self.prepared = list(prepared)
+        self.budget_of = budget_of
+        self.update_interval = update_interval
+        self.chunk = chunk
+        self.seed = seed
+        self.full_scores: dict[str, float] = dict(full_scores or {})
+        self.llama_kwargs = dict(llama_kwargs or {})
+        self._engines: dict[int, Any] = {}
+
+    def _engine(self, cells: int, policy: Any) -> Any:
+        from edge_namm.engine import NammLlama
+
+        llm = self._engines.get(cells)
+        if llm is None:
+            llm = NammLlama(
+                self.model_path,
+                policy=policy,
+                budget=cells,
+                update_interval=self.update_interval,
+                chunk=self.chunk,
+                seed=self.seed,
+                **self.llama_kwargs,
+            )
+            self._engines[cells] = llm
+        return llm
+
+    def ensure_full_scores(self, progress: Callable[[], None] | None = None) -> dict[str, float]:
+        from edge_namm.engine import NammLlama
+
+        missing = [p for _, p in self.prepared if p.sample.sample_id not in self.full_scores]
+        if not missing:
+            return self.full_scores
+        llm = None
+        cells = 0
+        try:
+            for prep in missing:
+                need = -(-prep.n_total // FULL_QUANTUM) * FULL_QUANTUM
+                if llm is None or need > cells:
+                    if llm is not None:
+                        llm.close()
+                    cells = need
+                    llm = NammLlama(
+                        self.model_path,
+                        policy="full",
+                        budget=cells,
+                        update_interval=self.update_interval,
+                        chunk=self.chunk,
+                        seed=self.seed,
+                        **self.llama_kwargs,
+                    )
+                self.full_scores[prep.sample.sample_id] = run_sample(llm, self.builder, prep)
+                if progress is not None:
+                    progress()
+        finally:
+            if llm is not None:
+                llm.close()
+        return self.full_scores
+
+    def evaluate(self, scorer: Any) -> tuple[float, float, dict[str, float]]:
+        """(fitness, mean cache fraction kept, per-task ratio) of one candidate scorer."""
+        from edge_namm.engine.stats import MemoryStats
+        from edge_namm.policies import NammPolicy
+
+        self.ensure_full_scores()
+        scores: dict[str, list[float]] = {}
+        fulls: dict[str, list[float]] = {}
+        fracs: list[float] = []
+        for task, prep in self.prepared:
+            sid = prep.sample.sample_id
+            cells = self.budget_of(prep)
+            if cells >= prep.n_total:  # nothing would be evicted: the full cache's answer
+                value, frac = self.full_scores[sid], 1.0
+            else:
+                llm = self._engine(cells, NammPolicy(scorer=scorer))
+                llm.policy.scorer = scorer
+                llm.memory.policy.scorer = scorer
+                st0 = llm.memory.stats
+                llm.memory.stats = MemoryStats(
+                    budget=st0.budget, n_cells=st0.n_cells, bytes_per_cell=st0.bytes_per_cell
+                )
+                value = run_sample(llm, self.builder, prep)
+                st = llm.stats
+                frac = min(1.0, st.cells_used / max(st.tokens_seen, 1))
+            scores.setdefault(task, []).append(value)
+            fulls.setdefault(task, []).append(self.full_scores[sid])
+            fracs.append(frac)
+        per_task = {t: task_ratio(scores[t], fulls[t]) for t in scores}
+        return float(np.mean(list(per_task.values()))), float(np.mean(fracs)), per_task
+
+    def close(self) -> None:
+        for llm in self._engines.values():
+            llm.close()
+        self._engines.clear()

@@ -1,0 +1,262 @@
+"""Phase 1 of training: record full-cache features once, then evolve against them offline.
+
+One full-cache pass per training prompt (``record_attention=True``) stores, at every update of
+the prompt, the raw spectrogram of every cached token for every (layer, KV head) row (float16),
+and one importance value per context token: the attention that the question and (teacher-
+forced) answer tokens later pay to it, measured in the same pass. Offline fitness of a candidate
+scorer replays the updates: at each one it scores the tokens the candidate would still hold
+plus the new ones (features as recorded under the full cache), applies the deployment selection
+rule (``select_evictions``: score < 0 goes, then the budget), and finally counts the fraction of
+importance mass that survived. This costs milliseconds per candidate for the MLP scorers instead
+of seconds of LLM time (see docs/TRAINING.md).
+
+Approximation: the features of survivors are those of the full-cache run (with evictions the
+softmax renormalises over fewer cells, so real features differ slightly). Phase 2 (on-policy,
+true task fitness) corrects for it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_namm.features import FeatureConfig, NormStats, age_embedding
+from edge_namm.policies.selection import select_evictions
+
+N_SINK_CAP = 4  # the first tokens soak up attention (attention sinks): cap their importance
+
+
+@dataclass
+class Recording:
+    """Everything the offline fitness needs about one training prompt."""
+
+    task: str
+    sample_id: str
+    n_prompt: int  # tokens of the prompt (what the budget fraction refers to)
+    n_total: int  # prompt + generation room (eval sizes its no-eviction check with this)
+    n_context: int  # tokens before the question starts
+    update_times: list[int]  # tokens seen at each update (<= n_prompt)
+    spec: list[np.ndarray]  # per update: float16 [rows, update_time, n_bins] raw spectrogram
+    importance: np.ndarray  # float64 [n_context], sums to 1
+    z: list[np.ndarray] = field(default_factory=list, repr=False)  # normalised, filled lazily
+
+    def nbytes(self) -> int:
+        return int(sum(s.nbytes for s in self.spec) + sum(z.nbytes for z in self.z))
+
+
+def question_start(builder, sample, mode: str = "after") -> int:
+    """Index of the first prompt token of the question (the context ends just before it)."""
+    text, add_bos = builder.prompt_text(sample, mode)
+    idx = text.rfind(sample.question) if sample.question else -1
+    if idx < 0:
+        return len(builder.tokenize(text, add_bos=add_bos, special=True))
+    return len(builder.tokenize(text[:idx], add_bos=add_bos, special=True))
+
+
+def answer_tokens(builder, sample) -> list[int]:
+    """The reference answer as the model would write it after the answer prefix."""
+    if not sample.answers:
+        return []
+    sep = "" if sample.answer_prefix.endswith((" ", "\n")) or not sample.answer_prefix else " "
+    return builder.tokenize(sep + ", ".join(str(a) for a in sample.answers))
+
+
+def context_importance(
+    asum_before: np.ndarray, asum_after: np.ndarray, n_context: int
+) -> np.ndarray:
+    """Attention paid by the question/answer queries to each context token.
+
+    ``asum_*`` are [L, H, n] attention sums (chronological tokens) before the question and
+    after the answer. Each (layer, head) row is normalised to sum 1 over the context, the rows
+    are averaged, the first ``N_SINK_CAP`` tokens are capped at the largest other value
+    (attention sinks), and the result sums to 1.
+    """
+    diff = np.clip(asum_after[..., :n_context] - asum_before[..., :n_context], 0.0, None)
+    diff = diff.reshape(-1, n_context)
+    tot = diff.sum(axis=1, keepdims=True)
+    rows = diff[tot[:, 0] > 0] / tot[tot[:, 0] > 0]
+    imp = rows.mean(axis=0) if len(rows) else np.ones(n_context)
+    if n_context > N_SINK_CAP:
+        imp[:N_SINK_CAP] = np.minimum(imp[:N_SINK_CAP], imp[N_SINK_CAP:].max())
+    total = imp.sum()
+    return imp / total if total > 0 else np.full(n_context, 1.0 / max(n_context, 1))
+
+
+def record_prompts(
+    model_path: str,
+    builder,
+    prepared: Sequence[tuple[str, object]],
+    *,
+    update_interval: int,
+    chunk: int,
+    norm: NormStats | None = None,
+    progress: Callable[[int], None] | None = None,
+    llama_kwargs: dict | None = None,
+) -> list[Recording]:
+    """One full-cache pass per (task, PreparedSample); see the module docstring."""
+    from edge_namm.engine import NammLlama
+
+    recs: list[Recording] = []
+    llm = None
+    cells = 0
+    current: dict[str, Callable] = {}
+    try:
+        for task, prep in prepared:
+            sample = prep.sample
+            ans = answer_tokens(builder, sample)
+            need = prep.n_input + len(ans) + 1
+            if llm is None or need > cells:
+                if llm is not None:
+                    llm.close()
+                cells = -(-need // 256) * 256
+                llm = NammLlama(
+                    model_path,
+                    policy="full",
+                    budget=cells,
+                    update_interval=update_interval,
+                    chunk=chunk,
+                    record_attention=True,
+                    **(llama_kwargs or {}),
+                )
+                llm.memory.on_update.append(lambda view, _ev: current["fn"](view))
+            times: list[int] = []
+            specs: list[np.ndarray] = []
+            n_prompt = prep.n_input
+
+            def _observer(view, times=times, specs=specs, n_prompt=n_prompt):
+                t = int(view.newest_position) + 1
+                if t > n_prompt:
+                    return
+                spec = view.per_head(view.features.spectrogram)
+                rows = spec.reshape(-1, spec.shape[2], spec.shape[3])
+                if norm is not None:
+                    norm.update(rows)
+                times.append(t)
+                specs.append(rows.astype(np.float16))
+
+            current["fn"] = _observer
+            n_ctx = min(question_start(builder, sample), n_prompt - 1)
+            llm.reset()
+            llm.eval(prep.prompt[:n_ctx])
+            before = _chronological_asum(llm)
+            llm.eval(prep.prompt[n_ctx:] + ans)
+            after = _chronological_asum(llm)
+            imp = context_importance(before, after[..., : before.shape[-1]], n_ctx)
+            recs.append(
+                Recording(
+                    task=task,
+                    sample_id=sample.sample_id,
+                    n_prompt=n_prompt,
+                    n_total=prep.n_total,
+                    n_context=n_ctx,
+                    update_times=times,
+                    spec=specs,
+                    importance=imp,
+                )
+            )
+            if progress is not None:
+                progress(n_prompt + len(ans))
+    finally:
+        if llm is not None:
+            llm.close()
+    return recs
+
+
+def _chronological_asum(llm) -> np.ndarray:
+    view = llm.memory.view()
+    return view.per_head(llm.memory.features.attention_sum)
+
+
+def save_recordings(recs: list[Recording], path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump([_strip(r) for r in recs], f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+
+
+def load_recordings(path: str | Path) -> list[Recording]:
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _strip(rec: Recording) -> Recording:
+    return Recording(
+        rec.task,
+        rec.sample_id,
+        rec.n_prompt,
+        rec.n_total,
+        rec.n_context,
+        rec.update_times,
+        rec.spec,
+        rec.importance,
+    )
+
+
+def norm_stats_of(recs: Sequence[Recording]) -> NormStats:
+    """Normalisation statistics pooled over every recorded update (full cache, as the paper)."""
+    stats = NormStats()
+    for r in recs:
+        for s in r.spec:
+            stats.update(s)
+    return stats
+
+
+def prepare_z(recs: Sequence[Recording], norm_mean: np.ndarray, norm_std: np.ndarray) -> None:
+    """Normalise the recorded spectrograms once with the scorer's frozen statistics."""
+    mean = np.asarray(norm_mean, np.float32)
+    std = np.maximum(np.asarray(norm_std, np.float32), np.float32(1e-7))
+    for r in recs:
+        r.z = [((s.astype(np.float32) - mean) / std).astype(np.float32) for s in r.spec]
+
+
+def simulate(
+    scorer,
+    rec: Recording,
+    budget_cells: int,
+    config: FeatureConfig | None = None,
+) -> tuple[float, float]:
+    """Replay the updates of one recording under ``scorer``; (importance kept, cache fraction).
+
+    ``scorer`` must expose ``_score_normalized`` (numpy reference scorers) and ``aggregation``;
+    ``rec.z`` must be prepared with the scorer's normalisation (``prepare_z``).
+    """
+    from edge_namm.scorers import aggregate
+
+    config = config or FeatureConfig()
+    if budget_cells >= rec.n_total:
+        return 1.0, 1.0
+    kept = np.empty(0, dtype=np.int64)
+    prev = 0
+    for t, z in zip(rec.update_times, rec.z, strict=True):
+        cand = np.concatenate([kept, np.arange(prev, t, dtype=np.int64)])
+        x = np.empty((z.shape[0], len(cand), config.n_features), dtype=np.float32)
+        x[..., : config.age_dims] = age_embedding((t - 1) - cand, config)
+        x[..., config.age_dims :] = z[:, cand]
+        scores = aggregate(scorer._score_normalized(x), scorer.aggregation)
+        evict = select_evictions(scores, budget_cells, evict_negative=True)
+        kept = np.delete(cand, evict)
+        prev = t
+    ctx = rec.n_context
+    retained = rec.importance[kept[kept < ctx]].sum() + rec.importance[min(prev, ctx) :].sum()
+    n_now = len(kept) + max(rec.n_prompt - prev, 0)
+    return float(retained), n_now / rec.n_prompt
+
+
+def offline_fitness(
+    scorer, recs: Sequence[Recording], budget_of: Callable[[Recording], int]
+) -> tuple[float, float, dict[str, float]]:
+    """(fitness, mean cache fraction kept, per-task fitness): importance retained, mean over
+    prompts per task, then over tasks (as the paper averages its per-task ratios)."""
+    per_task: dict[str, list[float]] = {}
+    fracs = []
+    for r in recs:
+        kept, frac = simulate(scorer, r, budget_of(r))
+        per_task.setdefault(r.task, []).append(kept)
+        fracs.append(frac)
+    tasks = {t: float(np.mean(v)) for t, v in per_task.items()}
+    return float(np.mean(list(tasks.values()))), float(np.mean(fracs)), tasks
