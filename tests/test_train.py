@@ -1,0 +1,158 @@
+"""`edge-namm train`: config validation, train/eval split, and a tiny end-to-end run on SmolLM2."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_namm.train import Trainer, TrainConfig, TrainConfigError
+from edge_namm.train.record import Recording, context_importance, offline_fitness, prepare_z
+from edge_namm.train.trainer import CHECKPOINT, LOG_FILE, SCORER_FILE, training_samples
+
+
+def _config(model_path: str, **kw) -> TrainConfig:
+    base = dict(
+        model_path=model_path,
+        scorer_type="mlp",
+        stages=[["passkey"]],
+        lengths=[192],
+        budget="80",
+        update_interval=64,
+        chunk=64,
+        population=4,
+        elites=2,
+        offline_generations=1,
+        online_generations=1,
+        prompts=1,
+        online_prompts=1,
+        seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(stages=[["passkey", "nosuchtask"]]), "unknown task 'nosuchtask'"),
+        (dict(population=1, elites=0), "population must be at least 2"),
+        (dict(budget="32"), "too small"),
+        (dict(budget="0.05"), "too small"),
+        (dict(elites=3), "population // 2"),
+        (dict(sigma=0.0), "sigma must be > 0"),
+        (dict(scorer_type="transformer"), "unknown scorer type"),
+    ],
+)
+def test_bad_configs_are_refused(kw, message):
+    with pytest.raises(TrainConfigError, match=message):
+        _config("unused.gguf", **kw).validate()
+
+
+def test_unknown_task_lists_the_valid_ones():
+    with pytest.raises(TrainConfigError) as err:
+        _config("unused.gguf", stages=[["nosuchtask"]]).validate()
+    assert "passkey" in str(err.value) and "vartrack" in str(err.value)
+
+
+def test_cli_reports_bad_config_without_traceback(model_path, tmp_path):
+    from edge_namm.cli.main import cli
+
+    runner = CliRunner()
+    for args, message in (
+        (["--tasks", "nosuchtask"], "unknown task"),
+        (["--population", "1"], "population must be at least 2"),
+        (["--budget", "16"], "too small"),
+    ):
+        res = runner.invoke(cli, ["train", "--model", model_path, "--out", str(tmp_path), *args])
+        assert res.exit_code == 1, res.output
+        assert message in res.output
+        assert "Traceback" not in res.output
+
+
+def test_train_prompts_never_overlap_eval_prompts():
+    from edge_namm.tasks import approx_count_tokens, make_samples
+
+    class Counter:
+        count_tokens = staticmethod(approx_count_tokens)
+
+    for task in ("passkey", "niah", "vartrack"):
+        train = [s for _, s in training_samples([task], [512], 4, 0, Counter())]
+        evals = make_samples(task, 4, 512, 0, split="eval", count_tokens=approx_count_tokens)
+        assert {s.sample_id for s in train}.isdisjoint({s.sample_id for s in evals})
+        assert all(s.meta.get("split") == "train" for s in train)
+        train_answers = {a for s in train for a in s.answers}
+        assert train_answers.isdisjoint({a for s in evals for a in s.answers})
+        assert {s.context for s in train}.isdisjoint({s.context for s in evals})
+
+
+def test_offline_fitness_prefers_keeping_important_tokens():
+    """A scorer that keeps old tokens beats one that keeps recent ones when the importance
+    sits at the start (pure numpy, no model)."""
+    from edge_namm.scorers import zero_scorer
+
+    rng = np.random.default_rng(0)
+    times = [64, 128, 192]
+    spec = [rng.random((6, t, 17)).astype(np.float16) for t in times]
+    imp = np.zeros(180)
+    imp[10:20] = 0.1
+    rec = Recording("passkey", "x", 200, 216, 180, times, spec, imp)
+    base = zero_scorer("mlp")
+    prepare_z([rec], base.norm_mean, base.norm_std)
+    # dim 6 is cos(age * 50000**-0.5), falling from 1 at age 0 to ~0.65 at age 192
+    w_old = np.zeros(26)
+    w_old[6], w_old[25] = -50.0, 60.0  # all positive, larger for old tokens
+    w_new = np.zeros(26)
+    w_new[6] = 50.0  # all positive, larger for recent tokens
+    f_old, kept_old, _ = offline_fitness(base.with_params(w_old), [rec], lambda r: 80)
+    f_new, _, _ = offline_fitness(base.with_params(w_new), [rec], lambda r: 80)
+    assert f_old > f_new
+    assert 0 < kept_old <= 1
+
+
+def test_context_importance_normalises_and_caps_sinks():
+    before = np.zeros((2, 3, 50))
+    after = np.zeros((2, 3, 60))
+    after[..., 0] = 10.0  # the attention sink
+    after[..., 30] = 1.0
+    imp = context_importance(before, after[..., :50], 40)
+    assert imp.shape == (40,)
+    assert imp.sum() == pytest.approx(1.0)
+    assert imp[0] <= imp[30] + 1e-12
+
+
+@pytest.mark.slow
+def test_tiny_training_run_checkpoints_resumes_and_ships(model_path, tmp_path):
+    from edge_namm.scorers import load_scorer
+
+    out = tmp_path / "run"
+    config = _config(model_path)
+    trainer = Trainer(config, out, progress=False, echo=lambda _m: None)
+    trainer.run(max_generations=1)  # "killed" after the first generation
+    assert (out / CHECKPOINT).is_file()
+    assert trainer.state.gen == 1
+    first_mean = np.array(trainer.state.optimizer.mean)
+
+    with pytest.raises(TrainConfigError, match="--resume"):
+        Trainer(_config(model_path), out, progress=False)
+
+    resumed = Trainer(_config(model_path), out, resume=True, progress=False, echo=lambda _m: None)
+    assert resumed.state.gen == 1
+    np.testing.assert_array_equal(resumed.state.optimizer.mean, first_mean)
+    scorer = resumed.run()
+    assert resumed.state.gen == 2  # the generation count continues
+    assert [r["phase"] for r in resumed.state.log] == ["offline", "online"]
+
+    rows = list(csv.DictReader(open(out / LOG_FILE)))
+    assert [int(r["gen"]) for r in rows] == [1, 2]
+    assert all(float(r["sigma"]) > 0 for r in rows)
+    assert (out / "curve.png").stat().st_size > 1000
+
+    loaded = load_scorer(out / SCORER_FILE)
+    assert loaded.type_name == "mlp" and loaded.n_params == 26
+    np.testing.assert_allclose(loaded.params, scorer.params)
+    assert np.abs(loaded.params).max() > 0  # the optimizer moved the mean away from 0
+    assert loaded.provenance["generations"] == 2 and loaded.provenance["seed"] == 3
+    assert np.all(loaded.norm_std > 0)  # normalisation estimated from the recordings
