@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_namm.train import Trainer, TrainConfig, TrainConfigError
+from edge_namm.train import TrainConfig, TrainConfigError, Trainer
 from edge_namm.train.record import Recording, context_importance, offline_fitness, prepare_z
 from edge_namm.train.trainer import CHECKPOINT, LOG_FILE, SCORER_FILE, training_samples
 
