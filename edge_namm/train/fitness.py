@@ -46,6 +46,15 @@ def run_sample(llm: Any, builder: PromptBuilder, prep: PreparedSample) -> float:
     return float(score_sample(prep.sample, builder.detokenize(generated)))
 
 
+def run_from_prefix(llm: Any, builder: PromptBuilder, prep: PreparedSample, state: Any, n: int):
+    """As ``run_sample`` but starting from ``state``, saved after the first ``n`` prompt tokens
+    (fewer than one update interval, so no policy decision was taken yet)."""
+    llm.load_state(state)
+    llm.eval(prep.prompt[n:])
+    generated = greedy(llm, builder, prep.sample.max_new_tokens)
+    return float(score_sample(prep.sample, builder.detokenize(generated)))
+
+
 def task_ratio(scores: Sequence[float], full: Sequence[float]) -> float:
     """Per-task normalised score: mean score / mean full-cache score on the same prompts.
 
@@ -77,6 +86,7 @@ class OnlineFitness:
         seed: int = 0,
         full_scores: dict[str, float] | None = None,
         llama_kwargs: dict | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
         self.model_path = model_path
         self.builder = builder
@@ -87,7 +97,9 @@ class OnlineFitness:
         self.seed = seed
         self.full_scores: dict[str, float] = dict(full_scores or {})
         self.llama_kwargs = dict(llama_kwargs or {})
+        self.reuse_prefix = reuse_prefix
         self._engines: dict[int, Any] = {}
+        self._prefix: dict[tuple[int, str], Any] = {}
 
     def _engine(self, cells: int, policy: Any) -> Any:
         from edge_namm.engine import NammLlama
@@ -160,9 +172,20 @@ class OnlineFitness:
                 llm.memory.stats = MemoryStats(
                     budget=st0.budget, n_cells=st0.n_cells, bytes_per_cell=st0.bytes_per_cell
                 )
-                value = run_sample(llm, self.builder, prep)
+                n_pre = self.update_interval - 1 if self.reuse_prefix and not prep.is_lm else 0
+                if n_pre > 0 and n_pre < prep.n_input:
+                    key = (cells, sid)
+                    if key not in self._prefix:
+                        # every candidate shares the tokens before the first update
+                        llm.reset()
+                        llm.eval(prep.prompt[:n_pre])
+                        self._prefix[key] = llm.save_state()
+                    value = run_from_prefix(llm, self.builder, prep, self._prefix[key], n_pre)
+                else:
+                    n_pre = 0
+                    value = run_sample(llm, self.builder, prep)
                 st = llm.stats
-                frac = min(1.0, st.cells_used / max(st.tokens_seen, 1))
+                frac = min(1.0, st.cells_used / max(st.tokens_seen + n_pre, 1))
             scores.setdefault(task, []).append(value)
             fulls.setdefault(task, []).append(self.full_scores[sid])
             fracs.append(frac)

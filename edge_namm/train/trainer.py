@@ -520,8 +520,8 @@ class Trainer:
                         return online.evaluate(base.with_params(x))
 
                 self._generation(stage, phase, evaluate)
-                st.step_gen += 1
                 done += 1
+            self.save_checkpoint()  # the schedule position after the last step
         finally:
             if self._online is not None:
                 self._online.close()
@@ -549,6 +549,7 @@ class Trainer:
             bar.close()
         seconds = time.perf_counter() - t0
         st.gen += 1
+        st.step_gen += 1  # before the checkpoint: a resumed run continues after this one
         st.seconds += seconds
         row = {
             "gen": st.gen,
