@@ -185,7 +185,7 @@ class OnlineFitness:
                     n_pre = 0
                     value = run_sample(llm, self.builder, prep)
                 st = llm.stats
-                frac = min(1.0, st.cells_used / max(st.tokens_seen + n_pre, 1))
+                frac = min(1.0, st.cells_used / max(st.tokens_seen, 1))  # load_state restores stats
             scores.setdefault(task, []).append(value)
             fulls.setdefault(task, []).append(self.full_scores[sid])
             fracs.append(frac)
