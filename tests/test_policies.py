@@ -71,8 +71,8 @@ def test_selection_rule():
     scores = np.array([5.0, -1.0, 0.5, -2.0, 3.0, 0.1])
     # paper rule alone (budget large): negatives go, the newest never does
     assert select_evictions(scores, 10, evict_negative=True).tolist() == [1, 3]
-    # hard budget: lowest scores go until 3 remain
-    assert sorted(select_evictions(scores, 3).tolist()) == [1, 3, 5]
+    # hard budget: lowest scores go until 3 remain; the newest (index 5, 0.1) is protected
+    assert sorted(select_evictions(scores, 3).tolist()) == [1, 2, 3]
     # the newest token is protected even with the lowest score
     low_newest = np.array([1.0, 2.0, 3.0, -9.0])
     assert -9.0 not in scores[select_evictions(low_newest, 2)]
