@@ -277,8 +277,10 @@ class Trainer:
                 )
             self.state = self._load(ckpt)
             stored = self.state.config
-            for name in ("offline_generations", "online_generations", "command"):
+            for name in ("offline_generations", "online_generations"):
                 setattr(stored, name, getattr(config, name))
+            if config.command and config.command not in stored.command:
+                stored.command = f"{stored.command} ; then: {config.command}".strip(" ;")
             if stored.stages != config.stages[: len(stored.stages)]:
                 raise TrainConfigError(
                     f"--resume: stages {config.stages} do not extend the checkpoint's "
