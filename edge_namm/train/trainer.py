@@ -594,6 +594,7 @@ class Trainer:
             "chunk": cfg.chunk,
             "population": cfg.population,
             "elites": cfg.elites,
+            "online_population": population_of(cfg, "online"),
             "sigma0": cfg.sigma,
             "generations": st.gen,
             "generations_per_phase": {
