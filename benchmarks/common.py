@@ -19,7 +19,8 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, load average {load}"
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
