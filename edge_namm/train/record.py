@@ -107,7 +107,8 @@ def record_prompts(
     try:
         for task, prep in prepared:
             sample = prep.sample
-            ans = answer_tokens(builder, sample)
+            # LM samples: the importance is the attention the scored continuation pays
+            ans = list(prep.continuation) if prep.is_lm else answer_tokens(builder, sample)
             need = prep.n_input + len(ans) + 1
             if llm is None or need > cells:
                 if llm is not None:
@@ -139,7 +140,10 @@ def record_prompts(
                 specs.append(rows.astype(np.float16))
 
             current["fn"] = _observer
-            n_ctx = min(question_start(builder, sample), n_prompt - 1)
+            if prep.is_lm:
+                n_ctx = n_prompt
+            else:
+                n_ctx = min(question_start(builder, sample), n_prompt - 1)
             llm.reset()
             llm.eval(prep.prompt[:n_ctx])
             before = _chronological_asum(llm)
