@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -68,11 +69,25 @@ def _ordered(values: Iterable[str], first: Sequence[str] = ()) -> list[str]:
     return head + [v for v in seen if v not in head]
 
 
+def _label_scorers(rows: Sequence[dict]) -> list[dict]:
+    """Rows of one policy run with different scorer files are told apart: ``namm[<file>]``."""
+    scorers: dict[str, set] = defaultdict(set)
+    for r in rows:
+        scorers[r["policy"]].add(r.get("scorer"))
+    out = []
+    for r in rows:
+        if len(scorers[r["policy"]]) > 1:
+            stem = Path(str(r.get("scorer"))).stem if r.get("scorer") else "default"
+            r = dict(r, policy=f"{r['policy']}[{stem}]")
+        out.append(r)
+    return out
+
+
 class Summary:
     """Aggregates of the result rows, keyed by (policy, budget, task)."""
 
     def __init__(self, rows: Sequence[dict]) -> None:
-        self.rows = list(rows)
+        self.rows = _label_scorers(rows)
         self.groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
         for r in self.rows:
             self.groups[(r["policy"], r["budget"], r["task"])].append(r)
@@ -411,7 +426,7 @@ def plot_heatmaps(summary: Summary, out: Path) -> list[Path]:
         fig.suptitle(f"{policy}: needle tasks, mean score")
         if image is not None:
             fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
-        path = out / f"heatmap_{policy}.png"
+        path = out / f"heatmap_{re.sub(r'[^A-Za-z0-9_.-]+', '_', policy).strip('_')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
