@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_namm.eval.decoding import greedy
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
 from edge_namm.policies import POLICIES, make_policy
 from edge_namm.tasks import (
@@ -334,21 +335,6 @@ class _PeakTracker:
         self.peak = max(self.peak, int(view.n))
 
 
-def _greedy(llm: Any, builder: PromptBuilder, max_new_tokens: int) -> list[int]:
-    """Greedy decoding from the logits of the last decoded token."""
-    n_vocab = llm.n_vocab()
-    out: list[int] = []
-    while len(out) < max_new_tokens:
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-        token = int(np.argmax(logits))
-        if builder.is_end_of_generation(token):
-            break
-        out.append(token)
-        if len(out) < max_new_tokens:
-            llm.eval([token])
-    return out
-
-
 def _evaluate(llm: Any, builder: PromptBuilder, job: _Job, tracker: _PeakTracker) -> dict:
     from edge_namm.engine.stats import MemoryStats
 
@@ -368,7 +354,7 @@ def _evaluate(llm: Any, builder: PromptBuilder, job: _Job, tracker: _PeakTracker
         prediction, n_generated = "", len(prep.continuation)
     else:
         llm.eval(prep.prompt)
-        generated = _greedy(llm, builder, sample.max_new_tokens)
+        generated = greedy(llm, builder, sample.max_new_tokens)
         prediction, n_generated = builder.detokenize(generated), len(generated)
         value = score_sample(sample, prediction)
     seconds = time.perf_counter() - t0

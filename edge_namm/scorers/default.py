@@ -7,17 +7,23 @@ from pathlib import Path
 from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_SCORER_NAME = "namm-bam-smollm2-135m.json"
-PLACEHOLDER_SCORER_NAME = "placeholder-mlp-handset.json"
+# first existing file wins: evolved BAM, evolved two-layer MLP, then the hand-set placeholder
+DEFAULT_SCORER_NAMES = (
+    "namm-bam-smollm2-135m.json",
+    "namm-mlp2-smollm2-135m.json",
+    "placeholder-mlp-handset.json",
+)
 
 
 def default_scorer_path() -> Path:
-    """The evolved scorer when it has been shipped, else the documented hand-set placeholder."""
+    """The evolved scorer when one has been shipped, else the documented hand-set placeholder."""
     override = os.environ.get("EDGE_NAMM_SCORER")
     if override:
         return Path(override)
-    trained = MODELS_DIR / DEFAULT_SCORER_NAME
-    return trained if trained.is_file() else MODELS_DIR / PLACEHOLDER_SCORER_NAME
+    for name in DEFAULT_SCORER_NAMES:
+        if (MODELS_DIR / name).is_file():
+            return MODELS_DIR / name
+    raise FileNotFoundError(f"no scorer file in {MODELS_DIR}; pass scorer= / --scorer")
 
 
 def resolve_scorer(scorer: Any = None, backend: str = "auto", providers: Any = None) -> Any:
