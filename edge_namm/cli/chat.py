@@ -8,7 +8,12 @@ from pathlib import Path
 import click
 
 from edge_namm.cli.errors import friendly
-from edge_namm.cli.options import model_options, resolve_model
+from edge_namm.cli.options import (
+    model_options,
+    resolve_model,
+    scorer_option,
+    update_interval_option,
+)
 
 HELP = """commands:
   /memory       show which parts of the conversation the model still keeps
@@ -50,12 +55,7 @@ def render_memory(llm, width: int = 2000) -> str:
 @click.command()
 @model_options
 @click.option("--policy", default="namm", show_default=True, help="Eviction policy.")
-@click.option(
-    "--scorer",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Scorer file for the namm policy (default: the shipped scorer).",
-)
+@scorer_option
 @click.option(
     "--budget",
     type=int,
@@ -63,13 +63,7 @@ def render_memory(llm, width: int = 2000) -> str:
     show_default=True,
     help="KV cells kept after each memory update.",
 )
-@click.option(
-    "--update-interval",
-    type=int,
-    default=512,
-    show_default=True,
-    help="Tokens between memory updates (multiple of 16).",
-)
+@update_interval_option()
 @click.option("--system", default="You are a helpful assistant.", show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--max-tokens", type=int, default=512, show_default=True)

@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 
 from edge_namm.cli.errors import friendly
-from edge_namm.cli.options import model_options, resolve_model
+from edge_namm.cli.options import (
+    chunk_option,
+    model_options,
+    resolve_model,
+    scorer_option,
+    update_interval_option,
+)
 
 DEFAULT_TASKS = "passkey,niah,multikey,vartrack,update,lm"
 
@@ -77,26 +83,9 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     default=None,
     help="Folder of .txt files used as filler (default: the pulled essays).",
 )
-@click.option(
-    "--update-interval",
-    type=int,
-    default=512,
-    show_default=True,
-    help="Tokens between memory updates (multiple of 16).",
-)
-@click.option(
-    "--chunk",
-    type=int,
-    default=128,
-    show_default=True,
-    help="Prefill batch size (<= update interval).",
-)
-@click.option(
-    "--scorer",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Scorer file for the namm policy (default: the shipped scorer).",
-)
+@update_interval_option()
+@chunk_option
+@scorer_option
 @friendly
 def eval_cmd(
     model,

@@ -47,3 +47,29 @@ def resolve_model(model: str | None) -> str:
             "Run `edge-namm pull` first, or pass --model path/to/model.gguf."
         )
     return str(path)
+
+
+def update_interval_option(default: int = 512) -> Callable[[Callable[..., Any]], Any]:
+    return click.option(
+        "--update-interval",
+        type=int,
+        default=default,
+        show_default=True,
+        help="Tokens between memory updates (multiple of 16).",
+    )
+
+
+chunk_option = click.option(
+    "--chunk",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Prefill batch size (<= update interval).",
+)
+
+scorer_option = click.option(
+    "--scorer",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Scorer file for the namm policy (default: the shipped scorer).",
+)
