@@ -150,10 +150,15 @@ def chat(
 def _stream_reply(llm, messages, temperature, max_tokens, seed) -> str:
     """Print the reply as it streams; Ctrl-C ends the reply, keeping what was said."""
     pieces: list[str] = []
-    stream = llm.create_chat_completion(
-        messages=messages, stream=True, temperature=temperature, max_tokens=max_tokens, seed=seed
-    )
-    try:
+    stream = None
+    try:  # Ctrl-C may land while the prompt is formatted, prefilled or streamed
+        stream = llm.create_chat_completion(
+            messages=messages,
+            stream=True,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
         for chunk in stream:
             delta = chunk["choices"][0]["delta"].get("content")
             if delta:
@@ -162,6 +167,7 @@ def _stream_reply(llm, messages, temperature, max_tokens, seed) -> str:
     except KeyboardInterrupt:
         click.echo(" [interrupted]", nl=False)
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
     click.echo()
     return "".join(pieces)
