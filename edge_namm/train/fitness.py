@@ -13,25 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_namm.eval.decoding import greedy
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
 from edge_namm.tasks import score_sample
 
 FULL_QUANTUM = 256
-
-
-def greedy(llm: Any, builder: PromptBuilder, max_new_tokens: int) -> list[int]:
-    """Greedy decoding from the logits of the last decoded token (as the eval harness)."""
-    n_vocab = llm.n_vocab()
-    out: list[int] = []
-    while len(out) < max_new_tokens:
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-        token = int(np.argmax(logits))
-        if builder.is_end_of_generation(token):
-            break
-        out.append(token)
-        if len(out) < max_new_tokens:
-            llm.eval([token])
-    return out
 
 
 def run_sample(llm: Any, builder: PromptBuilder, prep: PreparedSample) -> float:
