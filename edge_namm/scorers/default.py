@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-# first existing file wins: evolved BAM, evolved two-layer MLP, then the hand-set placeholder
+# First existing file wins. The evolved mlp2 (models/namm-mlp2-smollm2-135m.json) is shipped
+# but not a default: it did worse than the placeholder on held-out prompts (docs/TRAINING.md).
 DEFAULT_SCORER_NAMES = (
     "namm-bam-smollm2-135m.json",
-    "namm-mlp2-smollm2-135m.json",
     "placeholder-mlp-handset.json",
 )
 
