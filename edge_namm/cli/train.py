@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edge_namm.cli.errors import friendly
-from edge_namm.cli.options import model_options, resolve_model
+from edge_namm.cli.options import chunk_option, model_options, resolve_model, update_interval_option
 
 
 def parse_stages(tasks: str | None, stages: str | None) -> list[list[str]]:
@@ -60,20 +60,8 @@ def parse_lengths(text: str) -> list[int]:
     show_default=True,
     help="KV budget: cells (256) or a fraction of each prompt (0.25, 25%).",
 )
-@click.option(
-    "--update-interval",
-    type=int,
-    default=256,
-    show_default=True,
-    help="Tokens between memory updates (multiple of 16).",
-)
-@click.option(
-    "--chunk",
-    type=int,
-    default=128,
-    show_default=True,
-    help="Prefill batch size (<= update interval).",
-)
+@update_interval_option(default=256)
+@chunk_option
 @click.option(
     "--population", type=int, default=32, show_default=True, help="CMA-ES population (paper: 32)."
 )
