@@ -48,11 +48,6 @@ def child(cfg: dict) -> dict:
             n_threads=cfg["threads"],
         )
     tokens = llm.tokenize(text.encode())[: cfg["length"]]
-    llm.eval(tokens[: cfg["chunk"]])  # warm-up: page in the weights, first-call costs
-    llm.reset()
-    llm._ctx.kv_cache_clear()
-    if cfg["kind"] != "plain":
-        llm.memory.stats.seconds_llama = llm.memory.stats.seconds_namm = 0.0
     t0 = time.perf_counter()
     for i in range(0, len(tokens), cfg["chunk"]):
         llm.eval(tokens[i : i + cfg["chunk"]])
