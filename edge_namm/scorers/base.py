@@ -214,19 +214,24 @@ class Scorer(abc.ABC):
 
     def info(self) -> dict[str, Any]:
         """Short description for ``edge-namm info`` and logs."""
-        return {
-            "type": self.type_name,
-            "n_params": self.n_params,
-            "backend": self.backend,
-            "provider": self.provider,
-            "aggregation": self.aggregation,
-            "options": dict(self.options),
-        }
+        return scorer_info(self)
 
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         name = type(self).__name__
         return f"{name}(n_params={self.n_params}, aggregation={self.aggregation!r}{opts})"
+
+
+def scorer_info(scorer: Any) -> dict[str, Any]:
+    """The description shared by numpy and ONNX Runtime scorers."""
+    return {
+        "type": scorer.type_name,
+        "n_params": scorer.n_params,
+        "backend": scorer.backend,
+        "provider": scorer.provider,
+        "aggregation": scorer.aggregation,
+        "options": dict(scorer.options),
+    }
 
 
 def check_features(x: Any) -> np.ndarray:

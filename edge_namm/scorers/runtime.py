@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import N_FEATURES, Scorer, ScorerFileError, check_features
+from .base import N_FEATURES, Scorer, ScorerFileError, check_features, scorer_info
 from .file import check_header
 
 log = logging.getLogger(__name__)
@@ -250,14 +250,7 @@ class OnnxScorer:
 
     def info(self) -> dict[str, Any]:
         """Short description for ``edge-namm info`` and logs."""
-        return {
-            "type": self.type_name,
-            "n_params": self.n_params,
-            "backend": self.backend,
-            "provider": self.provider,
-            "aggregation": self.aggregation,
-            "options": dict(self.options),
-        }
+        return scorer_info(self)
 
     def __repr__(self) -> str:
         return f"OnnxScorer(type={self.type_name!r}, provider={self.provider!r})"
