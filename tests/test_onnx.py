@@ -13,6 +13,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
+from scorer_cases import random_scorer as shared_random_scorer  # noqa: E402
+from scorer_cases import raw_features  # noqa: E402
 
 from edge_namm.scorers import (  # noqa: E402
     DEFAULT_FEATURE_CONFIG,
@@ -33,18 +35,7 @@ CASES = [(3, 1), (5, 7), (2, 256), (90, 32), (1, 4096)]
 
 
 def random_scorer(type_name: str, seed: int = 0, scale: float = 0.2, **kw):
-    rng = np.random.default_rng(seed)
-    cls = SCORERS[type_name]
-    return cls(
-        rng.normal(0.0, scale, cls.n_params),
-        rng.normal(0.5, 1.0, 17),
-        rng.uniform(0.5, 2.0, 17),
-        **kw,
-    )
-
-
-def raw_features(r: int, n: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0.0, 1.5, (r, n, 25)).astype(np.float32)
+    return shared_random_scorer(type_name, seed, scale, **kw)
 
 
 def ort_scorer(scorer, **kw) -> OnnxScorer:

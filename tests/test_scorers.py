@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scorer_cases import random_scorer, raw_features
 
 from edge_namm.scorers import (
     DEFAULT_FEATURE_CONFIG,
@@ -14,7 +15,6 @@ from edge_namm.scorers import (
     BAMScorer,
     BAMWindowScorer,
     LinearScorer,
-    Scorer,
     ScorerFileError,
     TwoLayerScorer,
     aggregate,
@@ -25,22 +25,6 @@ from edge_namm.scorers import (
 from edge_namm.scorers.bam import bam_scores
 
 TYPES = sorted(SCORERS)
-
-
-def random_scorer(type_name: str, seed: int = 0, scale: float = 0.3, **kw) -> Scorer:
-    rng = np.random.default_rng(seed)
-    cls = SCORERS[type_name]
-    return cls(
-        rng.normal(0.0, scale, cls.n_params),
-        rng.normal(0.5, 1.0, 17),
-        rng.uniform(0.5, 2.0, 17),
-        **kw,
-    )
-
-
-def raw_features(r: int, n: int, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.normal(0.0, 1.5, (r, n, 25)).astype(np.float32)
 
 
 # -- parameter counts, zero scorer -----------------------------------------------------------
