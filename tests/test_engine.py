@@ -124,6 +124,8 @@ def test_bad_inputs_raise_clear_errors(model_path, tmp_path, namm_llm):
         NammLlama(model_path, budget=64, chunk=128, update_interval=512)
     with pytest.raises(EngineConfigError, match="flash attention"):
         NammLlama(model_path, policy="namm", flash_attn=True)
+    with pytest.raises(EngineConfigError, match="quantized V cache"):
+        NammLlama(model_path, policy="namm", type_v=8)
     with pytest.raises(EngineConfigError, match="multiple of 16"):
         NammLlama(model_path, update_interval=100)
     with pytest.raises(ModelFileError, match="not found"):

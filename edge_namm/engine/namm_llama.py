@@ -152,6 +152,13 @@ class NammLlama(llama_cpp.Llama):
                 "materialises: use flash_attn=False or a policy that needs no attention "
                 "(streaming, l2, keydiff, random, full)"
             )
+        quantized_v = kwargs.get("type_v") not in (None, 0, 1, 30)  # f32, f16, bf16 are fine
+        if quantized_v and record:
+            raise EngineConfigError(
+                "a quantized V cache makes llama.cpp use flash attention, which never "
+                f"materialises attention weights that policy '{self.policy.name}' reads: "
+                "drop type_v or use streaming, l2, keydiff, random or full"
+            )
         native.require()
         path = check_model_file(model_path)
         self.budget = budget
