@@ -24,9 +24,16 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1024)
     ap.add_argument("--policy", default="namm")
     ap.add_argument("--generate", type=int, default=32)
+    ap.add_argument("--reposition", action="store_true", help="renumber positions (ENGINE.md)")
     args = ap.parse_args()
 
-    llm = NammLlama(args.model, policy=args.policy, budget=args.budget, progress=True)
+    llm = NammLlama(
+        args.model,
+        policy=args.policy,
+        budget=args.budget,
+        reposition=args.reposition,
+        progress=True,
+    )
     text = " ".join(Haystack.default().sentences)
     tokens = llm.tokenize(text.encode())[: args.tokens]
     if len(tokens) < args.tokens:
