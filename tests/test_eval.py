@@ -48,8 +48,16 @@ def run(model_path, haystack_dir, scorer, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     t0 = time.perf_counter()
     rows = run_eval(
-        model_path, POLICIES, BUDGETS, TASKS, [LENGTH], out_dir=out, haystack=haystack_dir,
-        scorer=scorer, progress=False, **COMMON,
+        model_path,
+        POLICIES,
+        BUDGETS,
+        TASKS,
+        [LENGTH],
+        out_dir=out,
+        haystack=haystack_dir,
+        scorer=scorer,
+        progress=False,
+        **COMMON,
     )
     return out, rows, time.perf_counter() - t0
 
@@ -60,9 +68,17 @@ def _lines(path: Path) -> list[str]:
 
 def test_files_rows_and_no_eviction(run):
     out, rows, _ = run
-    for name in (RESULTS_FILE, "summary.csv", "summary.md", "runs.jsonl",
-                 "score_vs_budget.png", "normalised_vs_budget.png", "heatmap_full.png",
-                 "heatmap_streaming.png", "heatmap_namm.png"):
+    for name in (
+        RESULTS_FILE,
+        "summary.csv",
+        "summary.md",
+        "runs.jsonl",
+        "score_vs_budget.png",
+        "normalised_vs_budget.png",
+        "heatmap_full.png",
+        "heatmap_streaming.png",
+        "heatmap_namm.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     # full once per sample, the others once per budget and sample
     assert len(rows) == 2 * (1 + 2 + 2)
@@ -110,8 +126,16 @@ def test_rerun_skips_finished_rows(run, model_path, haystack_dir, scorer):
     n_lines = len(_lines(out / RESULTS_FILE))
     t0 = time.perf_counter()
     again = run_eval(
-        model_path, POLICIES, BUDGETS, TASKS, [LENGTH], out_dir=out, haystack=haystack_dir,
-        scorer=scorer, progress=False, **COMMON,
+        model_path,
+        POLICIES,
+        BUDGETS,
+        TASKS,
+        [LENGTH],
+        out_dir=out,
+        haystack=haystack_dir,
+        scorer=scorer,
+        progress=False,
+        **COMMON,
     )
     took = time.perf_counter() - t0
     assert len(_lines(out / RESULTS_FILE)) == n_lines
@@ -122,11 +146,22 @@ def test_rerun_skips_finished_rows(run, model_path, haystack_dir, scorer):
 def test_deterministic_with_a_seed(run, model_path, haystack_dir, tmp_path):
     _, rows, _ = run
     again = run_eval(
-        model_path, "streaming", "0.5", "passkey", [LENGTH], out_dir=tmp_path,
-        haystack=haystack_dir, progress=False, report=False, **COMMON,
+        model_path,
+        "streaming",
+        "0.5",
+        "passkey",
+        [LENGTH],
+        out_dir=tmp_path,
+        haystack=haystack_dir,
+        progress=False,
+        report=False,
+        **COMMON,
     )
-    before = [r for r in rows if r["policy"] == "streaming" and r["budget"] == "50%"
-              and r["task"] == "passkey"]
+    before = [
+        r
+        for r in rows
+        if r["policy"] == "streaming" and r["budget"] == "50%" and r["task"] == "passkey"
+    ]
     assert [r["prediction"] for r in again] == [r["prediction"] for r in before]
     assert again[0]["tokens_evicted"] == before[0]["tokens_evicted"]
 
@@ -136,12 +171,37 @@ def test_cli_prints_summary_and_reuses_rows(run, model_path, haystack_dir, score
 
     out, rows, _ = run
     extra = ["--scorer", scorer] if scorer else []
-    result = CliRunner().invoke(cli, [
-        "eval", "--model", model_path, "--policies", POLICIES, "--budgets", BUDGETS,
-        "--tasks", TASKS, "--lengths", str(LENGTH), "--samples", "1", "--seed", "0",
-        "--out", str(out), "--haystack", str(haystack_dir), "--update-interval", "128",
-        "--chunk", "64", "--threads", "1", *extra,
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--model",
+            model_path,
+            "--policies",
+            POLICIES,
+            "--budgets",
+            BUDGETS,
+            "--tasks",
+            TASKS,
+            "--lengths",
+            str(LENGTH),
+            "--samples",
+            "1",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--haystack",
+            str(haystack_dir),
+            "--update-interval",
+            "128",
+            "--chunk",
+            "64",
+            "--threads",
+            "1",
+            *extra,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "## Score per policy × budget" in result.output
     assert str(out / "summary.md") in result.output
@@ -209,8 +269,16 @@ def test_longbench_file_with_a_malformed_line(model_path, tmp_path):
     (data / "hotpotqa.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.warns(UserWarning, match=r"hotpotqa\.jsonl:2"):
         rows = run_eval(
-            model_path, "streaming", "0.5", "longbench:hotpotqa", [LENGTH], out_dir=tmp_path / "o",
-            data_dir=data, progress=False, report=False, **dict(COMMON, samples=5),
+            model_path,
+            "streaming",
+            "0.5",
+            "longbench:hotpotqa",
+            [LENGTH],
+            out_dir=tmp_path / "o",
+            data_dir=data,
+            progress=False,
+            report=False,
+            **dict(COMMON, samples=5),
         )
     assert [r["sample_id"] for r in rows] == ["rec0", "rec1"]
     assert {r["task"] for r in rows} == {"longbench:hotpotqa"}

@@ -64,6 +64,13 @@ def render_memory(llm, width: int = 2000) -> str:
     help="KV cells kept after each memory update.",
 )
 @update_interval_option()
+@click.option(
+    "--reposition/--absolute-positions",
+    default=True,
+    show_default=True,
+    help="Renumber kept tokens' positions below the model's trained context, so conversations "
+    "longer than it stay coherent (docs/ENGINE.md).",
+)
 @click.option("--system", default="You are a helpful assistant.", show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--max-tokens", type=int, default=512, show_default=True)
@@ -77,6 +84,7 @@ def chat(
     scorer,
     budget,
     update_interval,
+    reposition,
     system,
     temperature,
     max_tokens,
@@ -91,6 +99,7 @@ def chat(
         scorer=scorer,
         budget=budget,
         update_interval=update_interval,
+        reposition=reposition,
         chunk=min(128, update_interval),
         n_gpu_layers=n_gpu_layers,
         n_threads=threads,

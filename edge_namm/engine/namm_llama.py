@@ -206,7 +206,8 @@ class NammLlama(llama_cpp.Llama):
             if self.reposition_limit < budget + 2 * update_interval:
                 raise EngineConfigError(
                     f"reposition_limit ({self.reposition_limit}) must be at least budget + 2 x "
-                    f"update_interval ({budget + 2 * update_interval})"
+                    f"update_interval ({budget + 2 * update_interval}); lower the budget or turn "
+                    "re-positioning off (reposition=False, chat: --absolute-positions)"
                 )
             self._ctx = LogicalPositionContext(self._ctx, self._positions)
 

@@ -334,8 +334,7 @@ def plot_score_vs_budget(summary: Summary, path: Path) -> None:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10) or 1,
-               frameon=False)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10) or 1, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -394,7 +393,11 @@ def plot_heatmaps(summary: Summary, out: Path) -> list[Path]:
             continue
         width = 1.6 + len(budgets) * (1.2 + 0.7 * len(lengths))
         fig, axes = plt.subplots(
-            1, len(budgets), figsize=(width, 3.6), squeeze=False, sharey=True,
+            1,
+            len(budgets),
+            figsize=(width, 3.6),
+            squeeze=False,
+            sharey=True,
             layout="constrained",
         )
         image = None
@@ -409,8 +412,10 @@ def plot_heatmaps(summary: Summary, out: Path) -> list[Path]:
                 sums[i][j] += float(r["score"])
                 counts[i][j] += 1
             grid = [
-                [sums[i][j] / counts[i][j] if counts[i][j] else float("nan")
-                 for j in range(len(lengths))]
+                [
+                    sums[i][j] / counts[i][j] if counts[i][j] else float("nan")
+                    for j in range(len(lengths))
+                ]
                 for i in range(len(centres))
             ]
             image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
