@@ -43,11 +43,9 @@ def scorer(tmp_path_factory) -> str | None:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def run(model_path, haystack_dir, scorer, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval")
-    t0 = time.perf_counter()
-    rows = run_eval(
+def _standard_eval(model_path, haystack_dir, scorer, out):
+    """The run the module's tests share; called twice to check resumability."""
+    return run_eval(
         model_path,
         POLICIES,
         BUDGETS,
@@ -59,6 +57,13 @@ def run(model_path, haystack_dir, scorer, tmp_path_factory):
         progress=False,
         **COMMON,
     )
+
+
+@pytest.fixture(scope="module")
+def run(model_path, haystack_dir, scorer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    t0 = time.perf_counter()
+    rows = _standard_eval(model_path, haystack_dir, scorer, out)
     return out, rows, time.perf_counter() - t0
 
 
@@ -125,18 +130,7 @@ def test_rerun_skips_finished_rows(run, model_path, haystack_dir, scorer):
     out, rows, first = run
     n_lines = len(_lines(out / RESULTS_FILE))
     t0 = time.perf_counter()
-    again = run_eval(
-        model_path,
-        POLICIES,
-        BUDGETS,
-        TASKS,
-        [LENGTH],
-        out_dir=out,
-        haystack=haystack_dir,
-        scorer=scorer,
-        progress=False,
-        **COMMON,
-    )
+    again = _standard_eval(model_path, haystack_dir, scorer, out)
     took = time.perf_counter() - t0
     assert len(_lines(out / RESULTS_FILE)) == n_lines
     assert [r["prediction"] for r in again] == [r["prediction"] for r in rows]
