@@ -123,6 +123,16 @@ def test_context_importance_normalises_and_caps_sinks():
     assert imp[0] <= imp[30] + 1e-12
 
 
+def test_task_ratio_rewards_lower_perplexity():
+    """Perplexity is lower-is-better: a candidate that lowers it must score above 1."""
+    from edge_namm.train.fitness import task_ratio
+
+    assert task_ratio([0.5, 1.0], [1.0, 1.0]) == pytest.approx(0.75)
+    assert task_ratio([30.0], [40.0], lower_is_better=True) == pytest.approx(40 / 30)
+    assert task_ratio([50.0], [40.0], lower_is_better=True) < 1.0
+    assert task_ratio([0.5], [0.0]) == pytest.approx(0.5)
+
+
 @pytest.mark.slow
 def test_tiny_training_run_checkpoints_resumes_and_ships(model_path, tmp_path):
     from edge_namm.scorers import load_scorer

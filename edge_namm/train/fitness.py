@@ -41,14 +41,19 @@ def run_from_prefix(llm: Any, builder: PromptBuilder, prep: PreparedSample, stat
     return float(score_sample(prep.sample, builder.detokenize(generated)))
 
 
-def task_ratio(scores: Sequence[float], full: Sequence[float]) -> float:
-    """Per-task normalised score: mean score / mean full-cache score on the same prompts.
+def task_ratio(
+    scores: Sequence[float], full: Sequence[float], lower_is_better: bool = False
+) -> float:
+    """Per-task normalised score: mean score / mean full-cache score on the same prompts,
+    inverted (full / score) where lower is better (perplexity), as ``edge-namm eval`` does.
 
     When the full cache scores 0 on every prompt of a task the ratio is undefined; the mean
     score itself is used (any success is a gain over the full cache).
     """
     denom = float(np.mean(full)) if len(full) else 0.0
     num = float(np.mean(scores)) if len(scores) else 0.0
+    if lower_is_better:
+        num, denom = denom, num
     return num / denom if denom > 0 else num
 
 
@@ -175,7 +180,8 @@ class OnlineFitness:
             scores.setdefault(task, []).append(value)
             fulls.setdefault(task, []).append(self.full_scores[sid])
             fracs.append(frac)
-        per_task = {t: task_ratio(scores[t], fulls[t]) for t in scores}
+        lower = {t for t, prep in self.prepared if prep.is_lm}
+        per_task = {t: task_ratio(scores[t], fulls[t], t in lower) for t in scores}
         return float(np.mean(list(per_task.values()))), float(np.mean(fracs)), per_task
 
     def close(self) -> None:
