@@ -18,6 +18,7 @@ import hashlib
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from edge_namm.tasks.haystack import SPLITS, Haystack
 from edge_namm.tasks.sample import CountTokens, Sample
@@ -266,6 +267,37 @@ def _sample_id(task: str, split: str, length: int, seed: int, i: int, depth: flo
     return sid if depth is None else f"{sid}-d{depth:.3f}"
 
 
+def _make(
+    task: str,
+    split: str,
+    length: int,
+    seed: int,
+    i: int,
+    depth: float | None,
+    *,
+    context: str,
+    question: str,
+    answer_prefix: str,
+    answers: list[str],
+    metric: str,
+    **meta: object,
+) -> Sample:
+    """A generated Sample: the id, generation length and split tag follow from the task."""
+    return Sample(
+        task=task,
+        context=context,
+        question=question,
+        answer_prefix=answer_prefix,
+        answers=answers,
+        max_new_tokens=TASK_MAX_NEW_TOKENS[task],
+        length=length,
+        depth=depth,
+        metric=metric,
+        sample_id=_sample_id(task, split, length, seed, i, depth),
+        meta={"split": split, **meta},
+    )
+
+
 @dataclass
 class _Insert:
     text: str
@@ -340,6 +372,7 @@ def passkey(
 ) -> list[Sample]:
     """Classic passkey retrieval: a 5-digit key hidden at a depth, asked for at the end."""
     rng = derive_rng("passkey", length, seed, split)
+    make = partial(_make, "passkey", split, length, seed)
     out = []
     for i, d in enumerate(_depths_for(n_samples, depths)):
         depth = rng.random() if d is None else d
@@ -350,18 +383,16 @@ def passkey(
             haystack, count_tokens, rng, split, length, q, [_Insert(needle, depth)]
         )
         out.append(
-            Sample(
-                task="passkey",
+            make(
+                i,
+                depth,
                 context=ctx,
                 question=q,
                 answer_prefix="The pass key is",
                 answers=[key],
-                max_new_tokens=TASK_MAX_NEW_TOKENS["passkey"],
-                length=length,
-                depth=depth,
                 metric="exact_contains",
-                sample_id=_sample_id("passkey", split, length, seed, i, depth),
-                meta={"split": split, "needles": [needle], "achieved_depth": ach[0]},
+                needles=[needle],
+                achieved_depth=ach[0],
             )
         )
     return out
@@ -383,6 +414,7 @@ def niah(
 ) -> list[Sample]:
     """Single needle-in-a-haystack: a keyed 7-digit number at a depth (see ``grid``)."""
     rng = derive_rng("niah", length, seed, split)
+    make = partial(_make, "niah", split, length, seed)
     out = []
     for i, d in enumerate(_depths_for(n_samples, depths)):
         depth = rng.random() if d is None else d
@@ -395,18 +427,17 @@ def niah(
             haystack, count_tokens, rng, split, length, q, [_Insert(needle, depth)]
         )
         out.append(
-            Sample(
-                task="niah",
+            make(
+                i,
+                depth,
                 context=ctx,
                 question=q,
                 answer_prefix=f"The special magic number for {key} is",
                 answers=[value],
-                max_new_tokens=TASK_MAX_NEW_TOKENS["niah"],
-                length=length,
-                depth=depth,
                 metric="exact_contains",
-                sample_id=_sample_id("niah", split, length, seed, i, depth),
-                meta={"split": split, "needles": [needle], "key": key, "achieved_depth": ach[0]},
+                needles=[needle],
+                key=key,
+                achieved_depth=ach[0],
             )
         )
     return out
@@ -424,6 +455,7 @@ def multikey(
 ) -> list[Sample]:
     """Several keyed needles, one asked for: the others are distractors. ``depths``: target's."""
     rng = derive_rng("multikey", length, seed, split)
+    make = partial(_make, "multikey", split, length, seed)
     out = []
     for i, d in enumerate(_depths_for(n_samples, depths)):
         used: set[str] = set()
@@ -438,25 +470,19 @@ def multikey(
         inserts = [_Insert(n, p) for n, p in zip(needles, pos, strict=True)]
         ctx, ach = _assemble(haystack, count_tokens, rng, split, length, q, inserts)
         out.append(
-            Sample(
-                task="multikey",
+            make(
+                i,
+                pos[t],
                 context=ctx,
                 question=q,
                 answer_prefix=f"The special magic number for {keys[t]} is",
                 answers=[values[t]],
-                max_new_tokens=TASK_MAX_NEW_TOKENS["multikey"],
-                length=length,
-                depth=pos[t],
                 metric="exact_contains",
-                sample_id=_sample_id("multikey", split, length, seed, i, pos[t]),
-                meta={
-                    "split": split,
-                    "needles": needles,
-                    "key": keys[t],
-                    "distractors": [v for j, v in enumerate(values) if j != t],
-                    "depths": pos,
-                    "achieved_depth": ach[t],
-                },
+                needles=needles,
+                key=keys[t],
+                distractors=[v for j, v in enumerate(values) if j != t],
+                depths=pos,
+                achieved_depth=ach[t],
             )
         )
     return out
@@ -477,6 +503,7 @@ def multivalue(
     ``depths`` is ignored: the values are placed at random depths (``meta["depths"]``).
     """
     rng = derive_rng("multivalue", length, seed, split)
+    make = partial(_make, "multivalue", split, length, seed)
     out = []
     for i in range(n_samples):
         used: set[str] = set()
@@ -491,18 +518,17 @@ def multivalue(
         inserts = [_Insert(n, p) for n, p in zip(needles, pos, strict=True)]
         ctx, _ = _assemble(haystack, count_tokens, rng, split, length, q, inserts)
         out.append(
-            Sample(
-                task="multivalue",
+            make(
+                i,
+                None,
                 context=ctx,
                 question=q,
                 answer_prefix=f"The special magic numbers for {key} are:",
                 answers=values,
-                max_new_tokens=TASK_MAX_NEW_TOKENS["multivalue"],
-                length=length,
-                depth=None,
                 metric="fraction",
-                sample_id=_sample_id("multivalue", split, length, seed, i, None),
-                meta={"split": split, "needles": needles, "key": key, "depths": pos},
+                needles=needles,
+                key=key,
+                depths=pos,
             )
         )
     return out
@@ -523,6 +549,7 @@ def vartrack(
     ``depths`` is ignored: each chain's statements sit at sorted random depths.
     """
     rng = derive_rng("vartrack", length, seed, split)
+    make = partial(_make, "vartrack", split, length, seed)
     out = []
     for i in range(n_samples):
         used: set[str] = set()
@@ -542,24 +569,18 @@ def vartrack(
         )
         ctx, _ = _assemble(haystack, count_tokens, rng, split, length, q, inserts)
         out.append(
-            Sample(
-                task="vartrack",
+            make(
+                i,
+                None,
                 context=ctx,
                 question=q,
                 answer_prefix=f"The variables with the value {value} are:",
                 answers=names,
-                max_new_tokens=TASK_MAX_NEW_TOKENS["vartrack"],
-                length=length,
-                depth=None,
                 metric="fraction",
-                sample_id=_sample_id("vartrack", split, length, seed, i, None),
-                meta={
-                    "split": split,
-                    "needles": [s for _, _, st, _ in chains for s in st],
-                    "value": value,
-                    "decoy": chains[1][0],
-                    "depths": chains[0][3],
-                },
+                needles=[s for _, _, st, _ in chains for s in st],
+                value=value,
+                decoy=chains[1][0],
+                depths=chains[0][3],
             )
         )
     return out
@@ -581,6 +602,7 @@ def freqword(
     distractors 1..k times, so the answer is unambiguous. ``depths`` is ignored.
     """
     rng = derive_rng("freqword", length, seed, split)
+    make = partial(_make, "freqword", split, length, seed)
     vocab = haystack.vocabulary()
     out = []
     k = max(1, length // 1000)
@@ -601,18 +623,15 @@ def freqword(
         q = "Which three coded words appear most often in the text? Answer with the three words."
         ctx, _ = _assemble(haystack, count_tokens, rng, split, length, q, inserts)
         out.append(
-            Sample(
-                task="freqword",
+            make(
+                i,
+                None,
                 context=ctx,
                 question=q,
                 answer_prefix="The three most frequent coded words are:",
                 answers=words[:FREQWORD_TOP],
-                max_new_tokens=TASK_MAX_NEW_TOKENS["freqword"],
-                length=length,
-                depth=None,
                 metric="fraction",
-                sample_id=_sample_id("freqword", split, length, seed, i, None),
-                meta={"split": split, "counts": dict(zip(words, counts, strict=True))},
+                counts=dict(zip(words, counts, strict=True)),
             )
         )
     return out
@@ -634,6 +653,7 @@ def update(
     the final update (the older statements go before it); stale values score 0 (``exclude``).
     """
     rng = derive_rng("update", length, seed, split)
+    make = partial(_make, "update", split, length, seed)
     out = []
     for i, d in enumerate(_depths_for(n_samples, depths)):
         used: set[str] = set()
@@ -650,24 +670,18 @@ def update(
         q = f"What is the current {item} code according to the text?"
         ctx, _ = _assemble(haystack, count_tokens, rng, split, length, q, inserts)
         out.append(
-            Sample(
-                task="update",
+            make(
+                i,
+                last,
                 context=ctx,
                 question=q,
                 answer_prefix=f"The current {item} code is",
                 answers=[values[-1]],
-                max_new_tokens=TASK_MAX_NEW_TOKENS["update"],
-                length=length,
-                depth=last,
                 metric="exact_contains",
-                sample_id=_sample_id("update", split, length, seed, i, last),
-                meta={
-                    "split": split,
-                    "needles": stmts,
-                    "exclude": values[:-1],
-                    "depths": pos,
-                    "distractor": other_value,
-                },
+                needles=stmts,
+                exclude=values[:-1],
+                depths=pos,
+                distractor=other_value,
             )
         )
     return out
@@ -689,6 +703,7 @@ def lm(
     context under the memory budget. There is no question. ``depths`` is ignored.
     """
     rng = derive_rng("lm", length, seed, split)
+    make = partial(_make, "lm", split, length, seed)
     out = []
     for i in range(n_samples):
         start = haystack.random_offset(rng, split)
@@ -698,18 +713,15 @@ def lm(
             ctx_sents, nxt = haystack.take(start, length + err, count_tokens, split)
         cont_sents, _ = haystack.take(nxt, LM_CONTINUATION_TOKENS, count_tokens, split)
         out.append(
-            Sample(
-                task="lm",
+            make(
+                i,
+                None,
                 context=" ".join(s for s, _ in ctx_sents),
                 question="",
                 answer_prefix="",
                 answers=[],
-                max_new_tokens=TASK_MAX_NEW_TOKENS["lm"],
-                length=length,
-                depth=None,
                 metric="perplexity",
-                sample_id=_sample_id("lm", split, length, seed, i, None),
-                meta={"split": split, "continuation": " ".join(s for s, _ in cont_sents)},
+                continuation=" ".join(s for s, _ in cont_sents),
             )
         )
     return out
