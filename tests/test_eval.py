@@ -235,9 +235,45 @@ def test_budget_parsing():
     assert parse_budget(0.125).label == "12.5%"
     assert parse_budget("0.25").resolve(1000) == 256  # rounded to 16 cells
     assert len(parse_budgets("0.25,25%,512")) == 2
+    assert parse_budget("none").unbounded and parse_budget("None").label == "none"
+    assert parse_budget("none").resolve(1000) == 1000
     for bad in ("abc", "-3", "0", "0%"):
         with pytest.raises(ValueError, match="budget"):
             parse_budget(bad)
+
+
+def test_budget_none_lets_only_the_policys_rule_evict(model_path, haystack_dir, tmp_path):
+    """``--budgets none``: no cap; NAMM's score < 0 rule still evicts, streaming keeps all."""
+    import numpy as np
+
+    from edge_namm.scorers.file import save_scorer
+    from edge_namm.scorers.registry import zero_scorer
+
+    params = np.zeros(zero_scorer("mlp").n_params)
+    params[-1] = -1.0  # every score negative: the rule evicts all it may
+    path = tmp_path / "negative.json"
+    save_scorer(zero_scorer("mlp").with_params(params), path)
+    rows = run_eval(
+        model_path,
+        "streaming,namm",
+        "none",
+        "lm",
+        [LENGTH],
+        out_dir=tmp_path / "out",
+        haystack=haystack_dir,
+        scorer=str(path),
+        progress=False,
+        **COMMON,
+    )
+    by = {r["policy"]: r for r in rows}
+    assert set(by) == {"streaming", "namm"}
+    for r in rows:
+        assert r["budget"] == "none" and r["no_eviction"] is False
+        assert r["engine_cells"] >= r["tokens_seen"]
+    assert by["streaming"]["tokens_evicted"] == 0
+    assert by["namm"]["tokens_evicted"] > 0
+    assert by["namm"]["cells_used"] < by["namm"]["tokens_seen"] / 2
+    assert "none" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def _longbench_record(i: int) -> dict:

@@ -32,7 +32,8 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     "--budgets",
     default="0.125,0.25,0.5",
     show_default=True,
-    help="Comma list: KV cells (1024) or fractions of each input (0.25 or 25%).",
+    help="Comma list: KV cells (1024), fractions of each input (0.25 or 25%), or 'none' "
+    "(no cap: only a policy's own rule evicts, e.g. NAMM's score < 0).",
 )
 @click.option(
     "--tasks",

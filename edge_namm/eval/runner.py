@@ -45,6 +45,7 @@ RESULTS_FILE = "results.jsonl"
 RUNS_FILE = "runs.jsonl"
 LONGBENCH_PREFIX = "longbench:"
 FULL_BUDGET = "full"
+NO_BUDGET = "none"
 CELL_QUANTUM = 16  # fraction budgets are rounded to this many cells
 FULL_QUANTUM = 256  # full-cache engines are sized up to a multiple of this (engine reuse)
 DEFAULT_BUDGETS = ("0.125", "0.25", "0.5")
@@ -65,28 +66,41 @@ KEY_FIELDS = (
 # --- budgets -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Budget:
-    """A memory budget: a fixed number of cells, or a fraction of each sample's input."""
+    """A memory budget: a fixed number of cells, a fraction of each sample's input, or none.
+
+    ``none`` (neither set) puts no cap on the cache: only a policy's own rule evicts (the NAMM
+    paper's score < 0), which shows how much memory that rule alone keeps.
+    """
 
     cells: int | None = None
     fraction: float | None = None
 
     @property
+    def unbounded(self) -> bool:
+        return self.cells is None and self.fraction is None
+
+    @property
     def label(self) -> str:
         if self.fraction is not None:
             return f"{self.fraction * 100:g}%"
-        return str(self.cells)
+        return NO_BUDGET if self.unbounded else str(self.cells)
 
     def resolve(self, n_input: int) -> int:
-        """Cells for a sample whose prompt has ``n_input`` tokens."""
+        """Cells for a sample whose prompt has ``n_input`` tokens (unbounded: all of them)."""
         if self.cells is not None:
             return self.cells
+        if self.fraction is None:
+            return n_input
         cells = round(self.fraction * n_input / CELL_QUANTUM) * CELL_QUANTUM
         return max(CELL_QUANTUM, int(cells))
 
 
 def parse_budget(spec: str | int | float) -> Budget:
-    """``"1024"`` / ``1024`` -> cells; ``"0.25"`` / ``0.25`` / ``"25%"`` -> fraction of input."""
+    """``"1024"`` / ``1024`` -> cells; ``"0.25"`` / ``0.25`` / ``"25%"`` -> fraction of input;
+    ``"none"`` -> no cap (only a policy's own rule evicts)."""
     text = str(spec).strip()
+    if text.lower() == NO_BUDGET:
+        return Budget()
     try:
         if text.endswith("%"):
             fraction = float(text[:-1]) / 100
@@ -99,8 +113,8 @@ def parse_budget(spec: str | int | float) -> Budget:
             return Budget(cells=cells)
     except ValueError:
         raise ValueError(
-            f"bad budget {spec!r}: give cells (e.g. 1024) or a fraction of the input "
-            "(e.g. 0.25 or 25%)"
+            f"bad budget {spec!r}: give cells (e.g. 1024), a fraction of the input "
+            "(e.g. 0.25 or 25%) or 'none' (no cap: only the policy's own rule evicts)"
         ) from None
     if not fraction > 0 or math.isinf(fraction):
         raise ValueError(f"bad budget {spec!r}: a fraction must be > 0")
@@ -301,6 +315,10 @@ def _plan(
                     cells = prep.n_total
                     engine = _round_up(cells, FULL_QUANTUM)
                     clamped = False
+                elif budget.unbounded:  # no cap: the cache holds the whole sample if need be
+                    cells = prep.n_total
+                    engine = max(_round_up(cells, FULL_QUANTUM), min_cells[policy])
+                    clamped = False
                 else:
                     cells = budget.resolve(prep.n_input)
                     engine = cells
@@ -317,7 +335,7 @@ def _plan(
                         key_row,
                         cells,
                         engine,
-                        no_eviction=cells >= prep.n_total,
+                        no_eviction=cells >= prep.n_total and not (budget and budget.unbounded),
                         clamped=clamped,
                     )
                 )
