@@ -96,8 +96,10 @@ def record_prompts(
     norm: NormStats | None = None,
     progress: Callable[[int], None] | None = None,
     llama_kwargs: dict | None = None,
+    mode: str = "after",
 ) -> list[Recording]:
-    """One full-cache pass per (task, PreparedSample); see the module docstring."""
+    """One full-cache pass per (task, PreparedSample) prepared in prompt ``mode``; see the
+    module docstring."""
     from edge_namm.engine import NammLlama
 
     recs: list[Recording] = []
@@ -143,7 +145,7 @@ def record_prompts(
             if prep.is_lm:
                 n_ctx = n_prompt
             else:
-                n_ctx = min(question_start(builder, sample), n_prompt - 1)
+                n_ctx = min(question_start(builder, sample, mode), n_prompt - 1)
             llm.reset()
             llm.eval(prep.prompt[:n_ctx])
             before = _chronological_asum(llm)
