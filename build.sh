@@ -46,7 +46,11 @@ if [[ "$backend" == "auto" ]]; then
 fi
 case "$backend" in
     cuda) command -v nvcc >/dev/null 2>&1 || die "--cuda needs the CUDA toolkit (nvcc) on PATH"
-          BACKEND_ARGS="-DGGML_CUDA=on" ;;
+          BACKEND_ARGS="-DGGML_CUDA=on"
+          # With a static-only libstdc++ every .so embeds its own copy; without this flag libllama
+          # bound into libggml-cuda's copy and crashed at model load (docs/PERFORMANCE.md).
+          [[ "$(uname -s)" == "Linux" ]] \
+              && BACKEND_ARGS="$BACKEND_ARGS -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL" ;;
     metal) [[ "$(uname -s)" == "Darwin" ]] || die "--metal only works on macOS"
            BACKEND_ARGS="-DGGML_METAL=on" ;;
     *) BACKEND_ARGS="-DGGML_CUDA=off -DGGML_METAL=off" ;;
