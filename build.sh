@@ -49,8 +49,9 @@ case "$backend" in
           BACKEND_ARGS="-DGGML_CUDA=on"
           # With a static-only libstdc++ every .so embeds its own copy; without this flag libllama
           # bound into libggml-cuda's copy and crashed at model load (docs/PERFORMANCE.md).
-          [[ "$(uname -s)" == "Linux" ]] \
-              && BACKEND_ARGS="$BACKEND_ARGS -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL" ;;
+          if [[ "$(uname -s)" == "Linux" ]]; then
+              BACKEND_ARGS="$BACKEND_ARGS -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL"
+          fi ;;
     metal) [[ "$(uname -s)" == "Darwin" ]] || die "--metal only works on macOS"
            BACKEND_ARGS="-DGGML_METAL=on" ;;
     *) BACKEND_ARGS="-DGGML_CUDA=off -DGGML_METAL=off" ;;
