@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -98,23 +97,6 @@ def expect(result: dict, condition: bool, what: str) -> None:
         result.setdefault("failed_expectations", []).append(what)
 
 
-def _ggml_base() -> ctypes.CDLL:
-    """libggml-base of the loaded llama_cpp (already in the process: same handle)."""
-    libdir = Path(llama_cpp.__file__).parent / "lib"
-    path = next(iter(sorted(libdir.glob("libggml-base.*"))), None)
-    lib = ctypes.CDLL(str(path) if path else "libggml-base.so")
-    lib.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
-    lib.ggml_backend_tensor_get.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_size_t,
-    ]
-    lib.ggml_backend_tensor_get.restype = None
-    return lib
-
-
 def make_llama(model_path: str, ngl: int, threads: int, n_ctx: int = tn.N_CTX, **kw):
     """test_native's context shape (n_ctx 512, batches of 128) on the chosen device."""
     return llama_cpp.Llama(
@@ -129,44 +111,6 @@ def make_llama(model_path: str, ngl: int, threads: int, n_ctx: int = tn.N_CTX, *
         verbose=kw.pop("verbose", False),
         **kw,
     )
-
-
-def reference_capture_llama(model_path: str, ngl: int, threads: int, n_head_kv: int, sink: dict):
-    """A plain Llama whose cb_eval (Python) copies every kq_soft_max node with
-    ggml_backend_tensor_get and averages GQA groups in numpy: independent of native/."""
-    base = _ggml_base()
-
-    def callback(tensor_ptr, ask, _user):
-        t = ctypes.cast(tensor_ptr, ctypes.POINTER(tn._GgmlTensor)).contents
-        name = t.name.decode()
-        if not name.startswith("kq_soft_max-"):
-            return False if ask else True
-        if ask:
-            return True
-        n_kv, n_tok, n_head = t.ne[0], t.ne[1], t.ne[2]
-        assert t.type == 0 and t.nb[1] == 4 * n_kv, "expected a contiguous f32 softmax"
-        arr = np.empty((n_head, n_tok, n_kv), dtype=np.float32)
-        base.ggml_backend_tensor_get(tensor_ptr, arr.ctypes.data, 0, arr.nbytes)
-        grouped = arr.reshape(n_head_kv, n_head // n_head_kv, n_tok, n_kv).mean(axis=1)
-        sink.setdefault(int(name.split("-")[1]), []).append(grouped)
-        sink.setdefault("host", []).append(bool(base.ggml_backend_buffer_is_host(t.buffer)))
-        return True
-
-    cb = low.ggml_backend_sched_eval_callback(callback)
-    original = low.llama_context_default_params
-
-    def params_with_callback():
-        params = original()
-        params.cb_eval = cb
-        return params
-
-    low.llama_context_default_params = params_with_callback
-    try:
-        model = make_llama(model_path, ngl, threads)
-    finally:
-        low.llama_context_default_params = original
-    model._edge_namm_check_cb = cb  # keep the callback alive
-    return model
 
 
 @contextlib.contextmanager
@@ -235,7 +179,9 @@ def check_capture_vs_reference(args, model_path: str) -> dict:
     cpu = make_llama(model_path, 0, args.threads)
     n_head_kv = low.llama_model_n_head_kv(gpu._model.model)
     sink: dict = {}
-    ref = reference_capture_llama(model_path, args.gpu_layers, args.threads, n_head_kv, sink)
+    ref = tn.python_capture_llama(
+        lambda: make_llama(model_path, args.gpu_layers, args.threads), n_head_kv, sink
+    )
     caps = {
         "gpu": native.AttentionCapture(gpu._ctx.ctx, max_queries=128),
         "cpu": native.AttentionCapture(cpu._ctx.ctx, max_queries=128),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import llama_cpp
 import llama_cpp.llama_cpp as low
@@ -45,8 +46,31 @@ def llm(model_path):
     model.close()
 
 
-def _python_capture_llama(model_path: str, n_head_kv: int, sink: dict):
-    """A plain Llama whose cb_eval (a slow Python callback) copies every kq_soft_max node."""
+def ggml_base() -> ctypes.CDLL:
+    """libggml-base of the loaded llama_cpp (already in the process: same handle)."""
+    from pathlib import Path
+
+    libdir = Path(llama_cpp.__file__).parent / "lib"
+    path = next(iter(sorted(libdir.glob("libggml-base.*"))), None)
+    lib = ctypes.CDLL(str(path) if path else "libggml-base.so")
+    lib.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+    lib.ggml_backend_tensor_get.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+    ]
+    lib.ggml_backend_tensor_get.restype = None
+    return lib
+
+
+def python_capture_llama(make: Callable[[], llama_cpp.Llama], n_head_kv: int, sink: dict):
+    """A Llama (built by ``make``) whose cb_eval, a slow Python callback independent of
+    native/, copies every kq_soft_max node with ``ggml_backend_tensor_get`` (host or device
+    memory) and averages GQA groups in numpy: ``sink[layer]`` gets [H_kv, n_tok, n_kv] arrays,
+    ``sink["host"]`` whether each tensor lived in host memory."""
+    base = ggml_base()
 
     def callback(tensor_ptr, ask, _user):
         t = ctypes.cast(tensor_ptr, ctypes.POINTER(_GgmlTensor)).contents
@@ -56,10 +80,12 @@ def _python_capture_llama(model_path: str, n_head_kv: int, sink: dict):
         if ask:
             return True
         n_kv, n_tok, n_head = t.ne[0], t.ne[1], t.ne[2]
-        buf = (ctypes.c_float * (n_kv * n_tok * n_head)).from_address(t.data)
-        arr = np.frombuffer(buf, dtype=np.float32).reshape(n_head, n_tok, n_kv)
+        assert t.type == 0 and t.nb[1] == 4 * n_kv, "expected a contiguous f32 softmax"
+        arr = np.empty((n_head, n_tok, n_kv), dtype=np.float32)
+        base.ggml_backend_tensor_get(tensor_ptr, arr.ctypes.data, 0, arr.nbytes)
         grouped = arr.reshape(n_head_kv, n_head // n_head_kv, n_tok, n_kv).mean(axis=1)
-        sink.setdefault(int(name.split("-")[1]), []).append(grouped.copy())
+        sink.setdefault(int(name.split("-")[1]), []).append(grouped)
+        sink.setdefault("host", []).append(bool(base.ggml_backend_buffer_is_host(t.buffer)))
         return True
 
     cb = low.ggml_backend_sched_eval_callback(callback)
@@ -72,7 +98,7 @@ def _python_capture_llama(model_path: str, n_head_kv: int, sink: dict):
 
     low.llama_context_default_params = params_with_callback
     try:
-        model = _llama(model_path)
+        model = make()
     finally:
         low.llama_context_default_params = original
     model._edge_namm_test_cb = cb  # keep the callback alive
@@ -113,7 +139,7 @@ def test_attention_rows_shape_sums_and_causality(llm):
 def test_capture_equals_independent_python_callback(model_path, llm):
     n_head_kv = low.llama_model_n_head_kv(llm._model.model)
     sink: dict[int, list[np.ndarray]] = {}
-    ref = _python_capture_llama(model_path, n_head_kv, sink)
+    ref = python_capture_llama(lambda: _llama(model_path), n_head_kv, sink)
     ours = _llama(model_path)
     cap = native.AttentionCapture(ours._ctx.ctx, max_queries=128)
     try:
@@ -124,6 +150,7 @@ def test_capture_equals_independent_python_callback(model_path, llm):
             ref.eval(piece)
             ours.eval(piece)
             rows = cap.rows()
+            assert all(sink.pop("host"))  # CPU build: the softmax lives in host memory
             for il, captured in sink.items():
                 expected = captured[0]  # [H, n_tok, n_kv]
                 n_kv = expected.shape[-1]
