@@ -44,6 +44,9 @@ def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_pa
     chat.expect("> ")
     # a long reply interrupted by Ctrl-C: the session goes on
     chat.sendline("Write a very long story about a dragon, with many chapters.")
+    # wait past the terminal's echo for the reply itself: a Ctrl-C that lands before the chat
+    # has read the line flushes it from the terminal instead of interrupting a reply
+    chat.expect(r"chapters\.\r\n")
     chat.expect(r"\S")  # the reply has started streaming
     chat.sendintr()
     chat.expect(r"\[interrupted\]")
