@@ -277,18 +277,8 @@ def check_test_native_host_reference(args, model_path: str) -> dict:
 def removal_schedule(llm, tokens: list[int], chunk: int = 128, n_sink: int = 4) -> dict:
     """test_native's 3,000 tokens through 512 cells with periodic removal, then 4 greedy steps."""
     ctx = llm._ctx.ctx
-    llm.reset()
-    llm.input_ids = np.zeros(len(tokens) + 64, dtype=np.intc)
-    removed = 0
     t0 = time.perf_counter()
-    for start in range(0, len(tokens), chunk):
-        pos = native.cell_positions(ctx)
-        free = int((pos < 0).sum())
-        piece = tokens[start : start + chunk]
-        if free < len(piece):
-            live = np.sort(pos[pos >= 0])
-            removed += native.remove_positions(ctx, live[n_sink : n_sink + len(piece) - free + 64])
-        llm.eval(piece)
+    removed = tn.eval_with_periodic_removal(llm, tokens, chunk, n_sink)
     seconds = time.perf_counter() - t0
     pos = native.cell_positions(ctx)
     logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()

@@ -227,20 +227,29 @@ def test_removing_newest_position_is_refused(llm):
     np.testing.assert_array_equal(native.cell_positions(ctx), before)
 
 
-def test_512_cells_process_3000_tokens_with_periodic_removal(llm, counting_text):
+def eval_with_periodic_removal(llm, tokens: list[int], chunk: int = 128, n_sink: int = 4) -> int:
+    """Feed ``tokens`` in chunks into a context smaller than them, removing the oldest
+    positions after the first ``n_sink`` whenever the next chunk would not fit; returns the
+    number of cells removed. ``llm.eval`` raises if llama_decode finds no room."""
     ctx = llm._ctx.ctx
     llm.reset()
-    tokens = llm.tokenize(counting_text.encode())[:3000]
-    llm.input_ids = np.zeros(4000, dtype=np.intc)  # plain Llama's history is sized n_ctx
-    chunk, n_sink = 128, 4
+    llm.input_ids = np.zeros(len(tokens) + 1000, dtype=np.intc)  # plain Llama sizes it n_ctx
+    removed = 0
     for start in range(0, len(tokens), chunk):
         pos = native.cell_positions(ctx)
         free = int((pos < 0).sum())
         piece = tokens[start : start + chunk]
         if free < len(piece):
             live = np.sort(pos[pos >= 0])
-            native.remove_positions(ctx, live[n_sink : n_sink + len(piece) - free + 64])
-        llm.eval(piece)  # raises if llama_decode returns 1
+            removed += native.remove_positions(ctx, live[n_sink : n_sink + len(piece) - free + 64])
+        llm.eval(piece)
+    return removed
+
+
+def test_512_cells_process_3000_tokens_with_periodic_removal(llm, counting_text):
+    ctx = llm._ctx.ctx
+    tokens = llm.tokenize(counting_text.encode())[:3000]
+    assert eval_with_periodic_removal(llm, tokens) > 0
     assert llm.n_tokens == 3000
     assert int((native.cell_positions(ctx) >= 0).sum()) <= N_CTX
     text = llm.detokenize(tokens).decode()
