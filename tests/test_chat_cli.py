@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def chat(model_path, tmp_path):
         encoding="utf-8",
         timeout=120,
         cwd=str(tmp_path),
+        # a shell that starts the test run in the background hands on SIGINT ignored; the chat
+        # is checked as a user runs it, with Ctrl-C delivered
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.expect("budget 256 cells")
     child.expect("> ")
