@@ -21,10 +21,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from edge_namm.eval.runner import FULL_BUDGET, read_results
+from edge_namm.tasks.metrics import LOWER_IS_BETTER
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-LOWER_IS_BETTER = {"perplexity"}
 CSV_FIELDS = (
     "policy",
     "budget",

@@ -238,6 +238,9 @@ METRICS: dict[str, Metric] = {
     "fraction": fraction,
 }
 
+#: Metrics where a lower value is better (normalised against the full cache as full / policy).
+LOWER_IS_BETTER = frozenset({"perplexity"})
+
 # Sample.meta keys forwarded to metrics by ``score_sample``.
 _META_KWARGS = ("all_classes", "exclude", "first_line")
 

@@ -16,6 +16,7 @@ import numpy as np
 from edge_namm.eval.decoding import greedy
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
 from edge_namm.tasks import score_sample
+from edge_namm.tasks.metrics import LOWER_IS_BETTER
 
 FULL_QUANTUM = 256
 
@@ -180,7 +181,7 @@ class OnlineFitness:
             scores.setdefault(task, []).append(value)
             fulls.setdefault(task, []).append(self.full_scores[sid])
             fracs.append(frac)
-        lower = {t for t, prep in self.prepared if prep.is_lm}
+        lower = {t for t, prep in self.prepared if prep.sample.metric in LOWER_IS_BETTER}
         per_task = {t: task_ratio(scores[t], fulls[t], t in lower) for t in scores}
         return float(np.mean(list(per_task.values()))), float(np.mean(fracs)), per_task
 
