@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-# First existing file wins. The evolved mlp2 (models/namm-mlp2-smollm2-135m.json) is shipped
-# but not a default: it did worse than the placeholder on held-out prompts (docs/TRAINING.md).
+# First existing file wins. The evolved namm-mlp2-/namm-mlp-smollm2-135m.json are shipped but
+# not defaults: neither beat the placeholder on held-out prompts (docs/TRAINING.md).
 DEFAULT_SCORER_NAMES = (
     "namm-bam-smollm2-135m.json",
     "placeholder-mlp-handset.json",
