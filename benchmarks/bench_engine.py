@@ -1,8 +1,11 @@
 """End-to-end speed and memory: plain llama-cpp-python vs NammLlama (`full`, `namm`).
 
-    python benchmarks/bench_engine.py [--lengths 4096,8192] [--budget-fraction 0.25]
+    python benchmarks/bench_engine.py [--lengths 4096,8192] [--budget-fraction 0.25] [--repeats 3]
 
-Each configuration runs in its own subprocess so that its peak RSS is its own. Reported:
+Each configuration runs in its own subprocess so that its peak RSS is its own. With
+--repeats N the configurations run in N interleaved rounds (plain, full, namm, plain, ...) so
+that slow drifts of the machine hit all of them alike; every column is the median over the
+rounds and "vs plain" is the median of the per-round ratios. Reported:
 prefill and decode tokens/s, peak RSS, and NammLlama's split between llama_decode and NAMM
 work (fold + scoring + eviction). "plain" is llama_cpp.Llama with n_ctx sized to the input
 (input + decode tokens), i.e. a full cache.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -86,6 +90,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (medians)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -97,38 +102,56 @@ def main() -> None:
         "| peak RSS MiB | NAMM share |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    kinds = ("plain", "full", "namm")
     for length in [int(x) for x in args.lengths.split(",")]:
         budget = args.budget or int(length * args.budget_fraction)
-        base = None
-        for kind in ("plain", "full", "namm"):
-            cfg = dict(
-                kind=kind,
-                model=args.model,
-                length=length,
-                decode=args.decode,
-                chunk=args.chunk,
-                interval=args.interval,
-                threads=args.threads,
-                budget=budget if kind == "namm" else length + args.decode + args.chunk,
+        runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+        for _ in range(args.repeats):
+            for kind in kinds:
+                cfg = dict(
+                    kind=kind,
+                    model=args.model,
+                    length=length,
+                    decode=args.decode,
+                    chunk=args.chunk,
+                    interval=args.interval,
+                    threads=args.threads,
+                    budget=budget if kind == "namm" else length + args.decode + args.chunk,
+                )
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child", json.dumps(cfg)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs[kind].append(json.loads(res.stdout.strip().splitlines()[-1]))
+        for kind in kinds:
+            rs = runs[kind]
+
+            def med(key: str, rs: list[dict] = rs) -> float:
+                return statistics.median(r[key] for r in rs)
+
+            ratio = statistics.median(
+                p["total_s"] / r["total_s"] for p, r in zip(runs["plain"], rs, strict=True)
             )
-            res = subprocess.run(
-                [sys.executable, __file__, "--child", json.dumps(cfg)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            base = base or r["total_s"]
-            share = (
-                f"{r['seconds_namm'] / (r['seconds_namm'] + r['seconds_llama']):.1%}"
-                if "seconds_namm" in r
-                else "-"
-            )
+            share = "-"
+            if "seconds_namm" in rs[0]:
+                shares = [r["seconds_namm"] / (r["seconds_namm"] + r["seconds_llama"]) for r in rs]
+                share = f"{statistics.median(shares):.1%}"
             label = kind if kind != "namm" else f"namm (budget {budget})"
             print(
-                f"| {length} | {label} | {r['cells']} | {r['prefill_tok_s']:.1f} "
-                f"| {r['decode_tok_s']:.1f} | {r['total_s']:.1f} | {base / r['total_s']:.2f}x "
-                f"| {r['peak_rss_mib']:.0f} | {share} |",
+                f"| {length} | {label} | {rs[0]['cells']} | {med('prefill_tok_s'):.1f} "
+                f"| {med('decode_tok_s'):.1f} | {med('total_s'):.1f} | {ratio:.2f}x "
+                f"| {med('peak_rss_mib'):.0f} | {share} |",
+                flush=True,
+            )
+        if args.repeats > 1:
+            print(
+                "per-round total s: "
+                + "; ".join(
+                    f"{kind} " + ", ".join(f"{r['total_s']:.1f}" for r in runs[kind])
+                    for kind in kinds
+                ),
                 flush=True,
             )
 

@@ -22,7 +22,7 @@ from edge_namm.scorers import (
     save_scorer,
     zero_scorer,
 )
-from edge_namm.scorers.bam import bam_scores
+from edge_namm.scorers.bam import bam_params_from_linear, bam_scores
 
 TYPES = sorted(SCORERS)
 
@@ -137,6 +137,16 @@ def test_bam_window_covering_everything_equals_bam() -> None:
     win = BAMWindowScorer(full.params, full.norm_mean, full.norm_std, options={"window": 64})
     x = raw_features(2, 60)
     np.testing.assert_allclose(win.score(x), full.score(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("type_name", ["bam", "bam-window"])
+def test_bam_contains_the_linear_scorer(type_name: str) -> None:
+    lin = random_scorer("mlp", seed=8)
+    bam = SCORERS[type_name](bam_params_from_linear(lin.params), lin.norm_mean, lin.norm_std)
+    x = raw_features(3, 50, seed=9)
+    np.testing.assert_allclose(bam.score(x), lin.score(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="26 parameters"):
+        bam_params_from_linear(np.zeros(25))
 
 
 @pytest.mark.parametrize("type_name", ["bam", "bam-window"])

@@ -41,6 +41,8 @@ def _config(model_path: str, **kw) -> TrainConfig:
         (dict(population=1, elites=0), "population must be at least 2"),
         (dict(budget="32"), "too small"),
         (dict(budget="0.05"), "too small"),
+        (dict(budget="0.5,0.05"), "budget 0.05 gives"),
+        (dict(budget="0.5,lots"), "lots"),
         (dict(elites=3), "population // 2"),
         (dict(sigma=0.0), "sigma must be > 0"),
         (dict(scorer_type="transformer"), "unknown scorer type"),
@@ -49,6 +51,15 @@ def _config(model_path: str, **kw) -> TrainConfig:
 def test_bad_configs_are_refused(kw, message):
     with pytest.raises(TrainConfigError, match=message):
         _config("unused.gguf", **kw).validate()
+
+
+def test_several_budgets_resolve_each():
+    from edge_namm.train.trainer import budget_cells
+
+    cfg = _config("unused.gguf", budget="0.25, 0.5,300", lengths=[1024])
+    cfg.validate()
+    assert cfg.budgets == ["0.25", "0.5", "300"]
+    assert budget_cells(cfg, 1024) == [256, 512, 300]
 
 
 def test_unknown_task_lists_the_valid_ones():
@@ -106,10 +117,24 @@ def test_offline_fitness_prefers_keeping_important_tokens():
     w_old[6], w_old[25] = -50.0, 60.0  # all positive, larger for old tokens
     w_new = np.zeros(26)
     w_new[6] = 50.0  # all positive, larger for recent tokens
-    f_old, kept_old, _ = offline_fitness(base.with_params(w_old), [rec], lambda r: 80)
-    f_new, _, _ = offline_fitness(base.with_params(w_new), [rec], lambda r: 80)
+    f_old, kept_old, _ = offline_fitness(base.with_params(w_old), [rec], lambda r: [80])
+    f_new, _, _ = offline_fitness(base.with_params(w_new), [rec], lambda r: [80])
     assert f_old > f_new
     assert 0 < kept_old <= 1
+    # several budgets: the mean of the single-budget results
+    f_big, kept_big, _ = offline_fitness(base.with_params(w_new), [rec], lambda r: [190])
+    f_both, kept_both, _ = offline_fitness(base.with_params(w_new), [rec], lambda r: [80, 190])
+    assert f_big > f_new
+    assert f_both == pytest.approx((f_new + f_big) / 2)
+    assert kept_both > kept_old / 2
+    # a BAM holding the same linear scorer replays identically, on numpy and on ONNX Runtime
+    from edge_namm.scorers.bam import bam_params_from_linear
+
+    bam = zero_scorer("bam").with_params(bam_params_from_linear(w_old))
+    for backend in ("numpy", "onnx"):
+        f_bam, kept_bam, _ = offline_fitness(bam, [rec], lambda r: [80], backend)
+        assert f_bam == pytest.approx(f_old, abs=1e-6)
+        assert kept_bam == pytest.approx(kept_old)
 
 
 def test_context_importance_normalises_and_caps_sinks():
@@ -166,3 +191,21 @@ def test_tiny_training_run_checkpoints_resumes_and_ships(model_path, tmp_path):
     assert np.abs(loaded.params).max() > 0  # the optimizer moved the mean away from 0
     assert loaded.provenance["generations"] == 2 and loaded.provenance["seed"] == 3
     assert np.all(loaded.norm_std > 0)  # normalisation estimated from the recordings
+
+
+def test_bam_starts_from_a_linear_scorer(tmp_path):
+    """--init-scorer with an mlp file and --scorer-type bam: the start is that linear scorer."""
+    from pathlib import Path
+
+    from edge_namm.scorers import load_scorer
+    from edge_namm.scorers.bam import bam_params_from_linear
+
+    src = Path(__file__).parents[1] / "models" / "placeholder-mlp-handset.json"
+    cfg = _config("unused.gguf", scorer_type="bam", init_scorer=str(src))
+    state = Trainer(cfg, tmp_path / "run", progress=False)._init_state()
+    lin = load_scorer(src)
+    np.testing.assert_allclose(state.optimizer.mean, bam_params_from_linear(lin.params))
+    np.testing.assert_array_equal(state.norm_mean, lin.norm_mean)
+    cfg = _config("unused.gguf", scorer_type="mlp2", init_scorer=str(src))
+    with pytest.raises(TrainConfigError, match="types must match"):
+        Trainer(cfg, tmp_path / "b", progress=False)._init_state()

@@ -58,7 +58,8 @@ def parse_lengths(text: str) -> list[int]:
     "--budget",
     default="0.25",
     show_default=True,
-    help="KV budget: cells (256) or a fraction of each prompt (0.25, 25%).",
+    help="KV budget: cells (256) or a fraction of each prompt (0.25, 25%); a comma list "
+    "(0.25,0.5) judges every candidate under each budget and averages.",
 )
 @update_interval_option(default=256)
 @chunk_option
@@ -128,7 +129,8 @@ def parse_lengths(text: str) -> list[int]:
     "--init-scorer",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="Start from this scorer file (parameters and normalisation) instead of 0.",
+    help="Start from this scorer file (parameters and normalisation) instead of 0; a BAM "
+    "may start from an mlp (linear) scorer, which it contains.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(

@@ -594,9 +594,16 @@ def _fold_item(
         return
     fast = n_fft == 32
     ema2 = ema[li, hi]
-    ft = np.empty(n_fft * TILE, dtype=np.float32)
+    # hist: the previous n_fft queries (from the ring, oldest first), then this call's queries,
+    # TILE floats per query. A frame is a window of n_fft consecutive rows, read in place.
+    hist = np.empty((n_fft + n_q) * TILE, dtype=np.float32)
+    for k in range(n_fft):
+        src = ring2[(n_done + k) % n_fft, c0 : c0 + nc]
+        for c in range(nc):
+            hist[k * TILE + c] = src[c]
     et = np.empty(n_bins * TILE, dtype=np.float32)
     ns = 0 if fast else TILE
+    ft = np.empty(n_fft * ns, dtype=np.float32)
     sc = np.empty(4 * (n_fft // 4 - 1) * ns, dtype=np.float32)
     re = np.empty(ns, dtype=np.float32)
     im = np.empty(ns, dtype=np.float32)
@@ -606,21 +613,27 @@ def _fold_item(
             et[j * TILE + c] = src[c]
     for i in range(n_q):
         t = n_done + i
-        _push(rows, base + i * strides[2], ring2, acc, t % n_fft, c0, nc)
+        src = rows[base + i * strides[2] : base + i * strides[2] + nc]
+        dst = hist[(n_fft + i) * TILE : (n_fft + i) * TILE + nc]
+        for c in range(nc):
+            v = src[c]
+            dst[c] = v
+            acc[c] += v
         if (t + 1) % hop == 0:
-            pos = (t + 1) % n_fft  # slot of the oldest sample
-            for k in range(n_fft):
-                src = ring2[(pos + k) % n_fft, c0 : c0 + nc]
-                for c in range(nc):
-                    ft[k * TILE + c] = src[c]
+            window = hist[(i + 1) * TILE :]  # queries t - n_fft + 1 .. t
             if fast:
-                _frame32(ft, et, nc, decay)
+                _frame32(window, et, nc, decay)
             else:
+                ft[: n_fft * TILE] = window[: n_fft * TILE]  # the generic kernel works in place
                 _frame_generic(ft, et, nc, win, cos_tab, sin_tab, decay, sc, re, im)
     for j in range(n_bins):
         dst = ema2[j, c0 : c0 + nc]
         for c in range(nc):
             dst[c] = et[j * TILE + c]
+    for k in range(n_q, n_q + n_fft):  # the newest n_fft queries back into their ring slots
+        dst = ring2[(n_done + k) % n_fft, c0 : c0 + nc]
+        for c in range(nc):
+            dst[c] = hist[k * TILE + c]
 
 
 @njit(cache=True)

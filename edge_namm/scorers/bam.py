@@ -51,6 +51,21 @@ def unpack_bam(params: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def bam_params_from_linear(linear: np.ndarray) -> np.ndarray:
+    """BAM parameters that score exactly like the linear scorer ``linear`` (25 weights, bias).
+
+    With W_qkv, b_qkv, W_o and b_o at zero, ``y = 0`` so ``h = x`` and the score is
+    ``x @ W_s + b_s``: BAM contains the linear scorer. Training can then start BAM from an
+    evolved or hand-set linear scorer instead of from zero, and search outward from it.
+    """
+    linear = np.asarray(linear, dtype=np.float64).reshape(-1)
+    if linear.size != N_FEATURES + 1:
+        raise ValueError(f"a linear scorer has {N_FEATURES + 1} parameters, got {linear.size}")
+    out = np.zeros(BAM_N_PARAMS)
+    out[-(N_FEATURES + 1) :] = linear  # W_s then b_s close the flat layout
+    return out
+
+
 def attn_block_size(
     rows: int, n: int, window: int | None, block_elems: int = DEFAULT_BLOCK_ELEMS
 ) -> int:

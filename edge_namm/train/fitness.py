@@ -71,7 +71,7 @@ class OnlineFitness:
         model_path: str,
         builder: PromptBuilder,
         prepared: Sequence[tuple[str, PreparedSample]],
-        budget_of: Callable[[PreparedSample], int],
+        budgets_of: Callable[[PreparedSample], Sequence[int]],
         *,
         update_interval: int,
         chunk: int,
@@ -83,7 +83,7 @@ class OnlineFitness:
         self.model_path = model_path
         self.builder = builder
         self.prepared = list(prepared)
-        self.budget_of = budget_of
+        self.budgets_of = budgets_of
         self.update_interval = update_interval
         self.chunk = chunk
         self.seed = seed
@@ -143,47 +143,50 @@ class OnlineFitness:
         return self.full_scores
 
     def evaluate(self, scorer: Any) -> tuple[float, float, dict[str, float]]:
-        """(fitness, mean cache fraction kept, per-task ratio) of one candidate scorer."""
-        from edge_namm.engine.stats import MemoryStats
-        from edge_namm.policies import NammPolicy
-
+        """(fitness, mean cache fraction kept, per-task ratio) of one candidate scorer, over
+        every prompt and every budget ``budgets_of`` gives it."""
         self.ensure_full_scores()
         scores: dict[str, list[float]] = {}
         fulls: dict[str, list[float]] = {}
         fracs: list[float] = []
         for task, prep in self.prepared:
-            sid = prep.sample.sample_id
-            cells = self.budget_of(prep)
-            if cells >= prep.n_total:  # nothing would be evicted: the full cache's answer
-                value, frac = self.full_scores[sid], 1.0
-            else:
-                llm = self._engine(cells, NammPolicy(scorer=scorer))
-                llm.policy.scorer = scorer
-                llm.memory.policy.scorer = scorer
-                st0 = llm.memory.stats
-                llm.memory.stats = MemoryStats(
-                    budget=st0.budget, n_cells=st0.n_cells, bytes_per_cell=st0.bytes_per_cell
-                )
-                n_pre = self.update_interval - 1 if self.reuse_prefix and not prep.is_lm else 0
-                if n_pre > 0 and n_pre < prep.n_input:
-                    key = (cells, sid)
-                    if key not in self._prefix:
-                        # every candidate shares the tokens before the first update
-                        llm.reset()
-                        llm.eval(prep.prompt[:n_pre])
-                        self._prefix[key] = llm.save_state()
-                    value = run_from_prefix(llm, self.builder, prep, self._prefix[key], n_pre)
-                else:
-                    n_pre = 0
-                    value = run_sample(llm, self.builder, prep)
-                st = llm.stats
-                frac = min(1.0, st.cells_used / max(st.tokens_seen, 1))  # load_state restores stats
-            scores.setdefault(task, []).append(value)
-            fulls.setdefault(task, []).append(self.full_scores[sid])
-            fracs.append(frac)
+            for cells in self.budgets_of(prep):
+                value, frac = self._run(scorer, prep, cells)
+                scores.setdefault(task, []).append(value)
+                fulls.setdefault(task, []).append(self.full_scores[prep.sample.sample_id])
+                fracs.append(frac)
         lower = {t for t, prep in self.prepared if prep.sample.metric in LOWER_IS_BETTER}
         per_task = {t: task_ratio(scores[t], fulls[t], t in lower) for t in scores}
         return float(np.mean(list(per_task.values()))), float(np.mean(fracs)), per_task
+
+    def _run(self, scorer: Any, prep: PreparedSample, cells: int) -> tuple[float, float]:
+        """(task score, cache fraction kept) of one prompt under ``scorer`` and ``cells``."""
+        from edge_namm.engine.stats import MemoryStats
+        from edge_namm.policies import NammPolicy
+
+        sid = prep.sample.sample_id
+        if cells >= prep.n_total:  # nothing would be evicted: the full cache's answer
+            return self.full_scores[sid], 1.0
+        llm = self._engine(cells, NammPolicy(scorer=scorer))
+        llm.policy.scorer = scorer
+        llm.memory.policy.scorer = scorer
+        st0 = llm.memory.stats
+        llm.memory.stats = MemoryStats(
+            budget=st0.budget, n_cells=st0.n_cells, bytes_per_cell=st0.bytes_per_cell
+        )
+        n_pre = self.update_interval - 1 if self.reuse_prefix and not prep.is_lm else 0
+        if 0 < n_pre < prep.n_input:
+            key = (cells, sid)
+            if key not in self._prefix:
+                # every candidate shares the tokens before the first update
+                llm.reset()
+                llm.eval(prep.prompt[:n_pre])
+                self._prefix[key] = llm.save_state()
+            value = run_from_prefix(llm, self.builder, prep, self._prefix[key], n_pre)
+        else:
+            value = run_sample(llm, self.builder, prep)
+        st = llm.stats
+        return value, min(1.0, st.cells_used / max(st.tokens_seen, 1))  # load_state restores stats
 
     def close(self) -> None:
         for llm in self._engines.values():

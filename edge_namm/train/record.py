@@ -220,6 +220,24 @@ def prepare_z(recs: Sequence[Recording], norm_mean: np.ndarray, norm_std: np.nda
         r.z = [((s.astype(np.float32) - mean) / std).astype(np.float32) for s in r.spec]
 
 
+def on_normalized(scorer, backend: str = "numpy"):
+    """``scorer`` with identity normalisation, so that its ``score`` takes the recordings'
+    already-normalised features; ``backend="auto"`` runs it with ONNX Runtime when installed
+    (3-5x faster than numpy for BAM at 1-1.5k cells here, the bulk of an offline candidate)."""
+    from edge_namm.scorers import SCORERS
+    from edge_namm.scorers.runtime import compile_scorer
+
+    plain = SCORERS[scorer.type_name](
+        scorer.params,
+        np.zeros_like(scorer.norm_mean),
+        np.ones_like(scorer.norm_std),
+        feature_config=scorer.feature_config,
+        aggregation=scorer.aggregation,
+        options=scorer.options,
+    )
+    return compile_scorer(plain, backend)
+
+
 def simulate(
     scorer,
     rec: Recording,
@@ -228,8 +246,8 @@ def simulate(
 ) -> tuple[float, float]:
     """Replay the updates of one recording under ``scorer``; (importance kept, cache fraction).
 
-    ``scorer`` must expose ``_score_normalized`` (numpy reference scorers) and ``aggregation``;
-    ``rec.z`` must be prepared with the scorer's normalisation (``prepare_z``).
+    ``scorer.score`` must take normalised features (see :func:`on_normalized`) and ``rec.z``
+    must be prepared with the candidate's normalisation (``prepare_z``).
     """
     from edge_namm.scorers import aggregate
 
@@ -243,7 +261,7 @@ def simulate(
         x = np.empty((z.shape[0], len(cand), config.n_features), dtype=np.float32)
         x[..., : config.age_dims] = age_embedding((t - 1) - cand, config)
         x[..., config.age_dims :] = z[:, cand]
-        scores = aggregate(scorer._score_normalized(x), scorer.aggregation)
+        scores = aggregate(scorer.score(x), scorer.aggregation)
         evict = select_evictions(scores, budget_cells, evict_negative=True)
         kept = np.delete(cand, evict)
         prev = t
@@ -254,15 +272,21 @@ def simulate(
 
 
 def offline_fitness(
-    scorer, recs: Sequence[Recording], budget_of: Callable[[Recording], int]
+    scorer,
+    recs: Sequence[Recording],
+    budgets_of: Callable[[Recording], Sequence[int]],
+    backend: str = "numpy",
 ) -> tuple[float, float, dict[str, float]]:
     """(fitness, mean cache fraction kept, per-task fitness): importance retained, mean over
-    prompts per task, then over tasks (as the paper averages its per-task ratios)."""
+    prompts (and over the budgets ``budgets_of`` gives each prompt) per task, then over tasks
+    (as the paper averages its per-task ratios). ``backend``: see :func:`on_normalized`."""
+    run = on_normalized(scorer, backend)
     per_task: dict[str, list[float]] = {}
     fracs = []
     for r in recs:
-        kept, frac = simulate(scorer, r, budget_of(r))
-        per_task.setdefault(r.task, []).append(kept)
-        fracs.append(frac)
+        for cells in budgets_of(r):
+            kept, frac = simulate(run, r, cells)
+            per_task.setdefault(r.task, []).append(kept)
+            fracs.append(frac)
     tasks = {t: float(np.mean(v)) for t, v in per_task.items()}
     return float(np.mean(list(tasks.values()))), float(np.mean(fracs)), tasks

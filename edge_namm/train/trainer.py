@@ -60,7 +60,7 @@ class TrainConfig:
     scorer_type: str = "mlp2"
     stages: list[list[str]] = field(default_factory=lambda: [["passkey"]])
     lengths: list[int] = field(default_factory=lambda: [1024])
-    budget: str = "0.25"
+    budget: str = "0.25"  # one budget or a comma list (fitness = mean over the budgets)
     update_interval: int = 256
     chunk: int = 128
     population: int = PAPER_POPULATION
@@ -81,6 +81,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def budgets(self) -> list[str]:
+        """The budgets a candidate is judged under (``"0.25,0.5"`` -> two)."""
+        return [b.strip() for b in self.budget.split(",") if b.strip()]
 
     @property
     def all_tasks(self) -> list[str]:
@@ -139,34 +144,41 @@ class TrainConfig:
             raise TrainConfigError(f"lengths must be >= 64 tokens, got {self.lengths}")
         if self.optimizer not in ("auto", "sep", "full"):
             raise TrainConfigError(f"optimizer must be auto, sep or full, got {self.optimizer!r}")
-        try:
-            budget = parse_budget(self.budget)
-        except ValueError as exc:
-            raise TrainConfigError(str(exc)) from None
-        smallest = budget.resolve(min(self.lengths))
-        if smallest < self.min_cells:
-            raise TrainConfigError(
-                f"budget {self.budget} gives {smallest} cells on {min(self.lengths)}-token "
-                f"prompts, too small: the cache must hold one chunk ({self.chunk}) plus the "
-                f"newest token, i.e. >= {self.min_cells} cells. Raise --budget or the lengths, "
-                "or lower --chunk"
-            )
+        if not self.budgets:
+            raise TrainConfigError("--budget needs at least one value, e.g. 0.25 or 0.25,0.5")
+        for text in self.budgets:
+            try:
+                budget = parse_budget(text)
+            except ValueError as exc:
+                raise TrainConfigError(str(exc)) from None
+            smallest = budget.resolve(min(self.lengths))
+            if smallest < self.min_cells:
+                raise TrainConfigError(
+                    f"budget {text} gives {smallest} cells on {min(self.lengths)}-token "
+                    f"prompts, too small: the cache must hold one chunk ({self.chunk}) plus the "
+                    f"newest token, i.e. >= {self.min_cells} cells. Raise --budget or the "
+                    "lengths, or lower --chunk"
+                )
 
     @property
     def min_cells(self) -> int:
         return self.chunk + 1
 
 
-def budget_cells(config: TrainConfig, n_input: int) -> int:
+def budget_cells(config: TrainConfig, n_input: int) -> list[int]:
+    """Cells of every training budget on an ``n_input``-token prompt."""
     from edge_namm.eval.runner import parse_budget
 
-    cells = parse_budget(config.budget).resolve(n_input)
-    if cells < config.min_cells:
-        raise TrainConfigError(
-            f"budget {config.budget} gives {cells} cells on a {n_input}-token prompt; need >= "
-            f"{config.min_cells} (one chunk + the newest token)"
-        )
-    return cells
+    out = []
+    for text in config.budgets:
+        cells = parse_budget(text).resolve(n_input)
+        if cells < config.min_cells:
+            raise TrainConfigError(
+                f"budget {text} gives {cells} cells on a {n_input}-token prompt; need >= "
+                f"{config.min_cells} (one chunk + the newest token)"
+            )
+        out.append(cells)
+    return out
 
 
 # --- prompts ---------------------------------------------------------------------------------
@@ -385,17 +397,22 @@ class Trainer:
 
     def _init_state(self) -> TrainState:
         from edge_namm.scorers import SCORERS, load_scorer
+        from edge_namm.scorers.bam import bam_params_from_linear
 
         cfg = self.config
         n = SCORERS[cfg.scorer_type].n_params
         if cfg.init_scorer:
             init = load_scorer(cfg.init_scorer)
-            if init.type_name != cfg.scorer_type:
+            if init.type_name == cfg.scorer_type:
+                start = np.asarray(init.params, dtype=np.float64)
+            elif init.type_name == "mlp" and cfg.scorer_type.startswith("bam"):
+                start = bam_params_from_linear(init.params)  # the same scores, as a BAM
+            else:
                 raise TrainConfigError(
                     f"--init-scorer is a {init.type_name!r} scorer but --scorer-type is "
-                    f"{cfg.scorer_type!r}"
+                    f"{cfg.scorer_type!r} (a BAM can start from an 'mlp' linear scorer; "
+                    "otherwise the types must match)"
                 )
-            start = np.asarray(init.params, dtype=np.float64)
             mean, std = np.asarray(init.norm_mean), np.asarray(init.norm_std)
             source = f"from {cfg.init_scorer}"
         else:
@@ -511,9 +528,13 @@ class Trainer:
                     prepare_z([r for r in recs if not r.z], st.norm_mean, st.norm_std)
                     budgets = {id(r): budget_cells(cfg, r.n_prompt) for r in recs}
 
-                    def evaluate(x, recs=recs, budgets=budgets, base=base):
+                    # BAM candidates run on ONNX Runtime when it is there (the MLPs are too
+                    # cheap for a graph build to pay off)
+                    backend = "auto" if cfg.scorer_type.startswith("bam") else "numpy"
+
+                    def evaluate(x, recs=recs, budgets=budgets, base=base, backend=backend):
                         return offline_fitness(
-                            base.with_params(x), recs, lambda rec: budgets[id(rec)]
+                            base.with_params(x), recs, lambda rec: budgets[id(rec)], backend
                         )
                 else:
                     online = self._online_fitness(tasks)
