@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-# First existing file wins. The default is the linear scorer evolved under two budgets: on
-# held-out text it ties the hand-set placeholder (ahead at 4k / 12.5-25%, behind at 50% and at
-# 6k), keeps to the budget, and is trained (docs/TRAINING.md, "Third run"). The other evolved
-# files are shipped, not defaults.
+# First existing file wins. The default is the linear scorer evolved under two budgets: it is
+# trained and keeps to the budget, and held-out text cannot separate it from the hand-set
+# placeholder (docs/TRAINING.md, "Third run"). The other evolved files are shipped, not defaults.
 DEFAULT_SCORER_NAMES = (
     "namm-mlp-2budget-smollm2-135m.json",
     "placeholder-mlp-handset.json",
