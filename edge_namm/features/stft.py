@@ -561,11 +561,11 @@ def _frame_generic(ft, et, nc, win, cos_tab, sin_tab, decay, sc, re, im):
 
 
 @njit(cache=True, fastmath=False)
-def _push(rows, base, ring2, acc, slot, c0, nc):
-    """Store one query's attention ``rows[base : base + nc]`` in ``ring2[slot, c0 : c0 + nc]`` and
-    add it to the tile's sums ``acc``."""
+def _push(rows, base, dst, acc):
+    """Store one query's attention ``rows[base : base + len(dst)]`` in ``dst`` (a ring row or a
+    history row of the tile) and add it to the tile's sums ``acc``."""
+    nc = dst.shape[0]
     src = rows[base : base + nc]
-    dst = ring2[slot, c0 : c0 + nc]  # [int, slice] of a C array stays contiguous for Numba
     for c in range(nc):
         v = src[c]
         dst[c] = v
@@ -590,7 +590,8 @@ def _fold_item(
     acc = asum[li, hi, c0 : c0 + nc]
     if (n_done + n_q) // hop == n_done // hop:  # no frame (e.g. one generated token)
         for i in range(n_q):
-            _push(rows, base + i * strides[2], ring2, acc, (n_done + i) % n_fft, c0, nc)
+            # [int, slice] of a C array stays contiguous for Numba
+            _push(rows, base + i * strides[2], ring2[(n_done + i) % n_fft, c0 : c0 + nc], acc)
         return
     fast = n_fft == 32
     ema2 = ema[li, hi]
@@ -613,12 +614,7 @@ def _fold_item(
             et[j * TILE + c] = src[c]
     for i in range(n_q):
         t = n_done + i
-        src = rows[base + i * strides[2] : base + i * strides[2] + nc]
-        dst = hist[(n_fft + i) * TILE : (n_fft + i) * TILE + nc]
-        for c in range(nc):
-            v = src[c]
-            dst[c] = v
-            acc[c] += v
+        _push(rows, base + i * strides[2], hist[(n_fft + i) * TILE : (n_fft + i) * TILE + nc], acc)
         if (t + 1) % hop == 0:
             window = hist[(i + 1) * TILE :]  # queries t - n_fft + 1 .. t
             if fast:
