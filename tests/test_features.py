@@ -175,6 +175,27 @@ def test_streaming_matches_paper_update(n_fft: int, hop: int, parallel: bool) ->
         assert np.abs(feats.recent(cfg.n_fft)[:, :, victims]).max() == 0.0
 
 
+@pytest.mark.parametrize("n_fft,hop,parallel", [(32, 16, True), (32, 16, False), (16, 8, True)])
+def test_long_fold_equals_query_by_query(n_fft: int, hop: int, parallel: bool) -> None:
+    """A fold of many queries at once leaves the same state as feeding them one by one."""
+    rng = np.random.default_rng(7)
+    cfg = FeatureConfig(n_fft=n_fft, hop=hop)
+    n_q = 229  # many frames, not a multiple of hop
+    rows = rng.random((2, 3, n_q, 140)).astype(np.float32) * 0.01
+    whole = AttentionFeatures(2, 3, 140, cfg)
+    single = AttentionFeatures(2, 3, 140, cfg)
+    if parallel:
+        whole.serial_work = 0
+    whole.fold(rows[:, :, :5])  # start mid-hop, as after a prompt chunk
+    whole.fold(rows[:, :, 5:])
+    for i in range(n_q):
+        single.fold(rows[:, :, i : i + 1])
+    np.testing.assert_allclose(whole.spectrogram, single.spectrogram, rtol=1e-6, atol=1e-9)
+    assert whole.spectrogram.max() > 0  # not vacuous
+    np.testing.assert_array_equal(whole.recent(n_fft), single.recent(n_fft))
+    np.testing.assert_allclose(whole.attention_sum, single.attention_sum, rtol=1e-6)
+
+
 def test_generated_frame_kernel_is_current() -> None:
     """stft._frame32 is pasted from frame32_source(); regenerate it if the generator changes."""
     text = inspect.getsource(kernels)
