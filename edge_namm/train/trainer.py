@@ -97,7 +97,6 @@ class TrainConfig:
         return "sep" if self.scorer_type.startswith("bam") else "full"
 
     def validate(self) -> None:
-        from edge_namm.eval.runner import parse_budget
         from edge_namm.scorers import SCORERS
         from edge_namm.tasks import TASKS
 
@@ -146,19 +145,7 @@ class TrainConfig:
             raise TrainConfigError(f"optimizer must be auto, sep or full, got {self.optimizer!r}")
         if not self.budgets:
             raise TrainConfigError("--budget needs at least one value, e.g. 0.25 or 0.25,0.5")
-        for text in self.budgets:
-            try:
-                budget = parse_budget(text)
-            except ValueError as exc:
-                raise TrainConfigError(str(exc)) from None
-            smallest = budget.resolve(min(self.lengths))
-            if smallest < self.min_cells:
-                raise TrainConfigError(
-                    f"budget {text} gives {smallest} cells on {min(self.lengths)}-token "
-                    f"prompts, too small: the cache must hold one chunk ({self.chunk}) plus the "
-                    f"newest token, i.e. >= {self.min_cells} cells. Raise --budget or the "
-                    "lengths, or lower --chunk"
-                )
+        budget_cells(self, min(self.lengths))  # every budget parses and fits the shortest prompt
 
     @property
     def min_cells(self) -> int:
@@ -166,16 +153,21 @@ class TrainConfig:
 
 
 def budget_cells(config: TrainConfig, n_input: int) -> list[int]:
-    """Cells of every training budget on an ``n_input``-token prompt."""
+    """Cells of every training budget on an ``n_input``-token prompt; TrainConfigError when a
+    budget does not parse or leaves no room for one chunk plus the newest token."""
     from edge_namm.eval.runner import parse_budget
 
     out = []
     for text in config.budgets:
-        cells = parse_budget(text).resolve(n_input)
+        try:
+            cells = parse_budget(text).resolve(n_input)
+        except ValueError as exc:
+            raise TrainConfigError(str(exc)) from None
         if cells < config.min_cells:
             raise TrainConfigError(
-                f"budget {text} gives {cells} cells on a {n_input}-token prompt; need >= "
-                f"{config.min_cells} (one chunk + the newest token)"
+                f"budget {text} gives {cells} cells on {n_input}-token prompts, too small: the "
+                f"cache must hold one chunk ({config.chunk}) plus the newest token, i.e. >= "
+                f"{config.min_cells} cells. Raise --budget or the lengths, or lower --chunk"
             )
         out.append(cells)
     return out
