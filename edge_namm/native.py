@@ -11,7 +11,7 @@ from functools import cache
 
 import numpy as np
 
-API_VERSION = 1
+API_VERSION = 2
 
 _BUILD_HINT = (
     "edge-namm needs llama-cpp-python built with its native patch: run ./build.sh from the "
@@ -24,7 +24,7 @@ class NativeUnavailableError(RuntimeError):
 
 
 class UnsupportedModelError(ValueError):
-    """The model's KV cache cannot be managed cell by cell (sliding-window, recurrent...)."""
+    """The model's KV cache cannot be managed cell by cell (recurrent, hybrid, multi-stream)."""
 
 
 @cache
@@ -47,6 +47,7 @@ def _load() -> ctypes.CDLL:
         "edge_namm_capture_count": ([c.c_void_p], c.c_int32),
         "edge_namm_capture_clear": ([c.c_void_p], None),
         "edge_namm_capture_n_layer": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_layer": ([c.c_void_p, c.c_int32], c.c_int32),
         "edge_namm_capture_n_head_kv": ([c.c_void_p], c.c_int32),
         "edge_namm_capture_n_cells": ([c.c_void_p], c.c_int32),
         "edge_namm_capture_max_queries": ([c.c_void_p], c.c_int32),
@@ -154,6 +155,8 @@ class AttentionCapture:
         if not self._ptr:
             raise MemoryError("could not allocate the attention capture buffer")
         self.n_layer = lib.edge_namm_capture_n_layer(self._ptr)
+        # model layer of each captured row: all layers, or an iSWA model's full-attention ones
+        self.layers = [lib.edge_namm_capture_layer(self._ptr, i) for i in range(self.n_layer)]
         self.n_head_kv = lib.edge_namm_capture_n_head_kv(self._ptr)
         self.n_cells = lib.edge_namm_capture_n_cells(self._ptr)
         self.max_queries = max_queries

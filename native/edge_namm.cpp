@@ -2,6 +2,7 @@
 #include "edge_namm.h"
 
 #include "llama-context.h"
+#include "llama-kv-cache-iswa.h"
 #include "llama-kv-cache.h"
 #include "llama-model.h"
 
@@ -14,7 +15,9 @@
 
 struct edge_namm_capture {
     llama_context * ctx = nullptr;
-    int32_t n_layer = 0;
+    int32_t n_layer = 0;           // captured layers: those whose KV lives in the managed cache
+    std::vector<int32_t> layers;   // model layer index of each captured slot
+    std::vector<int32_t> slot_of;  // capture slot of each model layer, -1 = not captured
     int32_t n_head_kv = 0;
     int32_t n_cells = 0;
     int32_t max_queries = 0;
@@ -26,8 +29,27 @@ struct edge_namm_capture {
 
 static const char * k_node_prefix = "kq_soft_max-";
 
-static llama_kv_cache * plain_kv_cache(llama_context * ctx) {
-    return dynamic_cast<llama_kv_cache *>(llama_get_memory(ctx));
+// The cell table edge-namm manages. A plain cache holds every layer; an iSWA cache (Gemma 2/3,
+// ...) keeps the sliding-window layers in a second, small cache that forgets on its own, so only
+// the base cache (the full-attention layers) grows with the conversation and is managed.
+static llama_kv_cache * managed_kv_cache(llama_context * ctx) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(mem)) {
+        return kv;
+    }
+    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
+        return iswa->get_base();
+    }
+    return nullptr;
+}
+
+static bool is_iswa(llama_context * ctx) {
+    return dynamic_cast<llama_kv_cache_iswa *>(llama_get_memory(ctx)) != nullptr;
+}
+
+// Whether layer il's keys and values live in the managed cache.
+static bool layer_is_managed(llama_context * ctx, int32_t il) {
+    return !is_iswa(ctx) || !llama_get_model(ctx)->hparams.is_swa((uint32_t) il);
 }
 
 extern "C" int32_t edge_namm_api_version(void) { return EDGE_NAMM_API_VERSION; }
@@ -37,9 +59,9 @@ extern "C" const char * edge_namm_unsupported_reason(llama_context * ctx) {
     if (llama_model_is_recurrent(model) || llama_model_is_hybrid(model)) {
         return "recurrent/hybrid models keep a state, not per-token KV cells; nothing can be evicted";
     }
-    llama_kv_cache * kv = plain_kv_cache(ctx);
+    llama_kv_cache * kv = managed_kv_cache(ctx);
     if (kv == nullptr) {
-        return "the model's KV cache is not a single cell table (sliding-window/iSWA models are not supported yet)";
+        return "the model's KV cache is neither a single cell table nor an iSWA pair of them";
     }
     if (kv->get_n_stream() != 1) {
         return "multi-stream KV caches (n_seq_max > 1 with kv_unified=false) are not supported";
@@ -48,7 +70,15 @@ extern "C" const char * edge_namm_unsupported_reason(llama_context * ctx) {
 }
 
 // Folds one kq_soft_max tensor [n_kv, n_tokens, n_head, 1] into the capture rows.
-static void capture_softmax(edge_namm_capture * cap, ggml_tensor * t, int32_t il) {
+static void capture_softmax(edge_namm_capture * cap, ggml_tensor * t, int32_t layer) {
+    if (layer < 0 || layer >= (int32_t) cap->slot_of.size()) {
+        cap->overflow = true;
+        return;
+    }
+    const int32_t il = cap->slot_of[layer];  // capture slot
+    if (il < 0) {
+        return;  // a sliding-window layer: its columns are cells of the other cache
+    }
     const int64_t n_kv = t->ne[0];
     const int64_t n_tok = t->ne[1];
     const int64_t n_head = t->ne[2];
@@ -112,9 +142,17 @@ extern "C" edge_namm_capture * edge_namm_capture_new(llama_context * ctx, int32_
     const llama_model * model = llama_get_model(ctx);
     auto * cap = new edge_namm_capture();
     cap->ctx = ctx;
-    cap->n_layer = llama_model_n_layer(model);
+    const int32_t n_model_layer = llama_model_n_layer(model);
+    cap->slot_of.assign(n_model_layer, -1);
+    for (int32_t il = 0; il < n_model_layer; ++il) {
+        if (layer_is_managed(ctx, il)) {
+            cap->slot_of[il] = (int32_t) cap->layers.size();
+            cap->layers.push_back(il);
+        }
+    }
+    cap->n_layer = (int32_t) cap->layers.size();
     cap->n_head_kv = llama_model_n_head_kv(model);
-    cap->n_cells = (int32_t) plain_kv_cache(ctx)->get_size();
+    cap->n_cells = (int32_t) managed_kv_cache(ctx)->get_size();
     cap->max_queries = max_queries;
     cap->count.assign(cap->n_layer, 0);
     cap->rows.assign((size_t) cap->n_layer * cap->n_head_kv * max_queries * cap->n_cells, 0.0f);
@@ -151,6 +189,9 @@ extern "C" void edge_namm_capture_clear(edge_namm_capture * cap) {
 }
 
 extern "C" int32_t edge_namm_capture_n_layer(const edge_namm_capture * cap) { return cap->n_layer; }
+extern "C" int32_t edge_namm_capture_layer(const edge_namm_capture * cap, int32_t slot) {
+    return (slot >= 0 && slot < cap->n_layer) ? cap->layers[slot] : -1;
+}
 extern "C" int32_t edge_namm_capture_n_head_kv(const edge_namm_capture * cap) { return cap->n_head_kv; }
 extern "C" int32_t edge_namm_capture_n_cells(const edge_namm_capture * cap) { return cap->n_cells; }
 extern "C" int32_t edge_namm_capture_max_queries(const edge_namm_capture * cap) { return cap->max_queries; }
@@ -159,7 +200,7 @@ extern "C" int32_t edge_namm_cell_positions(llama_context * ctx, llama_seq_id se
     if (edge_namm_unsupported_reason(ctx) != nullptr) {
         return -1;
     }
-    const llama_kv_cells & cells = plain_kv_cache(ctx)->get_cells(seq_id);
+    const llama_kv_cells & cells = managed_kv_cache(ctx)->get_cells(seq_id);
     const int32_t size = (int32_t) cells.size();
     for (int32_t i = 0; i < std::min(n, size); ++i) {
         out[i] = (cells.is_empty(i) || !cells.seq_has(i, seq_id)) ? -1 : (int32_t) cells.pos_get(i);
@@ -171,7 +212,8 @@ extern "C" int32_t edge_namm_remove_positions(llama_context * ctx, llama_seq_id 
     if (edge_namm_unsupported_reason(ctx) != nullptr) {
         return -1;
     }
-    llama_kv_cache * kv = plain_kv_cache(ctx);
+    llama_kv_cache * kv = managed_kv_cache(ctx);
+    llama_memory_t mem = llama_get_memory(ctx);  // iSWA: removes from both caches
     const llama_pos newest = kv->seq_pos_max(seq_id);
     std::vector<int32_t> sorted(pos, pos + n);
     std::sort(sorted.begin(), sorted.end());
@@ -187,17 +229,18 @@ extern "C" int32_t edge_namm_remove_positions(llama_context * ctx, llama_seq_id 
         while (j < sorted.size() && sorted[j] == sorted[j - 1] + 1) {
             ++j;
         }
-        kv->seq_rm(seq_id, sorted[i], sorted[j - 1] + 1);
+        mem->seq_rm(seq_id, sorted[i], sorted[j - 1] + 1);
         i = j;
     }
     return (int32_t) (used_before - kv->get_cells(seq_id).get_used());
 }
 
 extern "C" int32_t edge_namm_read_keys(llama_context * ctx, int32_t il, float * out, int64_t n) {
-    if (edge_namm_unsupported_reason(ctx) != nullptr || il < 0 || il >= llama_model_n_layer(llama_get_model(ctx))) {
+    if (edge_namm_unsupported_reason(ctx) != nullptr || il < 0 ||
+        il >= llama_model_n_layer(llama_get_model(ctx)) || !layer_is_managed(ctx, il)) {
         return -1;
     }
-    llama_kv_cache * kv = plain_kv_cache(ctx);
+    llama_kv_cache * kv = managed_kv_cache(ctx);
     ggml_tensor * k = kv->get_k_storage(il);
     const int64_t n_embd = k->ne[0];
     const int64_t n_cells = kv->get_size();

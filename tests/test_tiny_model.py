@@ -1,5 +1,6 @@
-"""Fast checks on a tiny random-weight GGUF (tests/tiny_gguf.py): the native capture and the
-engine's budget on a model that loads in milliseconds. The real-model tests cover the rest."""
+"""Fast checks on tiny random-weight GGUFs (tests/tiny_gguf.py): the native capture and the
+engine's budget on models that load in milliseconds, a llama one and a Gemma 3 one whose
+sliding-window layers give llama.cpp's iSWA cache. The real-model tests cover the rest."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import llama_cpp.llama_cpp as low
 import numpy as np
 import pytest
 from test_native import python_capture_llama
-from tiny_gguf import write_llama_gguf
+from tiny_gguf import PRESETS, write_llama_gguf
 
 from edge_namm import NammLlama, native
 
@@ -16,6 +17,17 @@ from edge_namm import NammLlama, native
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     return str(write_llama_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1))
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny") / "gemma3.gguf"
+    return str(write_llama_gguf(path, seed=2, **PRESETS["tiny-gemma3"]))
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def any_tiny(request, tiny_model, tiny_gemma3) -> str:
+    return tiny_model if request.param == "llama" else tiny_gemma3
 
 
 def _llama(path: str) -> llama_cpp.Llama:
@@ -47,10 +59,54 @@ def test_tiny_capture_equals_independent_python_callback(tiny_model):
         ref.close()
 
 
-@pytest.mark.parametrize("policy", ["namm", "h2o", "streaming"])
-def test_tiny_engine_keeps_the_budget_through_prefill_and_generation(tiny_model, policy):
+def test_iswa_capture_covers_the_full_attention_layers_only(tiny_gemma3):
+    """Gemma 3's windowed layers keep their own cache; rows come from the base cache's layers
+    (every 6th), and equal an independent Python callback's copy of their softmax."""
+    sink: dict = {}
+    ref = python_capture_llama(lambda: _llama(tiny_gemma3), 2, sink)
+    ours = _llama(tiny_gemma3)
+    cap = native.AttentionCapture(ours._ctx.ctx, max_queries=64)
+    try:
+        assert cap.layers == [5, 11] and cap.n_layer == 2 and cap.n_head_kv == 2
+        tokens = ours.tokenize(b"the quick brown fox jumps over the lazy dog " * 3)[:40]
+        cap.arm()
+        for piece in (tokens, [tokens[-1]]):
+            sink.clear()
+            ref.eval(piece)
+            ours.eval(piece)
+            rows = cap.rows()
+            assert sorted(k for k in sink if k != "host") == list(range(12))
+            for slot, il in enumerate(cap.layers):
+                n_kv = sink[il][0].shape[-1]
+                np.testing.assert_allclose(rows[slot, :, :, :n_kv], sink[il][0], atol=1e-5)
+                assert rows[slot].sum() > 0
+            cap.clear()
+        with pytest.raises(ValueError, match="layer 0"):  # a windowed layer's keys are not ours
+            native.read_keys(ours._ctx.ctx, 0, cap.n_cells, 32)
+    finally:
+        cap.close()
+        ours.close()
+        ref.close()
+
+
+def test_iswa_full_policy_matches_plain_llama(tiny_gemma3):
+    ours = NammLlama(tiny_gemma3, policy="full", budget=192, update_interval=32, chunk=32)
+    plain = llama_cpp.Llama(tiny_gemma3, n_ctx=ours.n_ctx(), n_batch=32, n_ubatch=32, verbose=False)
+    try:
+        for prompt in ("edge devices run small language models " * 4, "the quick brown fox"):
+            kw = dict(max_tokens=16, temperature=0.0, seed=3)
+            a = ours.create_completion(prompt, **kw)["choices"][0]["text"]
+            b = plain.create_completion(prompt, **kw)["choices"][0]["text"]
+            assert a == b and a
+    finally:
+        ours.close()
+        plain.close()
+
+
+@pytest.mark.parametrize("policy", ["namm", "h2o", "streaming", "l2"])
+def test_tiny_engine_keeps_the_budget_through_prefill_and_generation(any_tiny, policy):
     llm = NammLlama(
-        tiny_model, policy=policy, budget=96, update_interval=32, chunk=32, n_threads=1, seed=0
+        any_tiny, policy=policy, budget=96, update_interval=32, chunk=32, n_threads=1, seed=0
     )
     peaks: list[int] = []
     llm.memory.on_update.append(lambda view, evicted: peaks.append(view.n - len(evicted)))

@@ -1,4 +1,4 @@
-"""Write small random-weight llama-architecture GGUF files for tests and device checks.
+"""Write small random-weight llama- or gemma3-architecture GGUF files for tests and device checks.
 
 The models are nonsense (random weights) but llama.cpp loads and runs them like any llama
 model: RMSNorm, RoPE, grouped-query attention, SwiGLU, and a SentencePiece-style ("llama")
@@ -10,6 +10,11 @@ SmolLM2 download:
 
     python tests/tiny_gguf.py /tmp/tiny.gguf            # same, from the shell
     python tests/tiny_gguf.py /tmp/s.gguf --preset smollm2-135m   # SmolLM2-135M's shape, F16
+    python tests/tiny_gguf.py /tmp/g.gguf --preset tiny-gemma3    # iSWA: 5 of 6 layers windowed
+
+The gemma3 variant (Gemma 3's layer norms, QK-norm and interleaved sliding-window attention)
+makes llama.cpp build an iSWA cache: a small cache for the windowed layers beside the base
+cache of the full-attention ones, which is what edge-namm manages.
 
 Needs the `gguf` package (a test extra of edge-namm).
 """
@@ -30,6 +35,17 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_embd=96, n_head=6, n_head_kv=3, n_ff=192, n_vocab=512),
     "smollm2-135m": dict(
         n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536, n_vocab=49152, dtype="f16"
+    ),
+    # Gemma 3's pattern: every 6th layer has full attention, the others a window
+    "tiny-gemma3": dict(
+        n_layer=12,
+        n_embd=64,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=128,
+        n_vocab=512,
+        arch="gemma3",
+        sliding_window=64,
     ),
 }
 
@@ -87,9 +103,12 @@ def write_llama_gguf(
     n_ctx_train: int = 8192,
     dtype: str = "f32",
     seed: int = 0,
+    arch: str = "llama",
+    sliding_window: int = 0,
 ) -> Path:
-    """Write a random-weight llama GGUF and return its path. `dtype` (f32 or f16) applies to
-    the matrices; norms stay float32 as llama.cpp expects."""
+    """Write a random-weight GGUF and return its path. `dtype` (f32 or f16) applies to the
+    matrices; norms stay float32 as llama.cpp expects. `arch` is "llama" or "gemma3" (which
+    adds QK-norm and post-norms, and sliding-window attention when `sliding_window` > 0)."""
     import gguf
 
     if n_embd % n_head or n_head % n_head_kv:
@@ -108,8 +127,10 @@ def write_llama_gguf(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name(f"edge-namm random llama {n_layer}x{n_embd}")
+    if arch not in ("llama", "gemma3"):
+        raise ValueError(f"arch must be llama or gemma3, got {arch}")
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"edge-namm random {arch} {n_layer}x{n_embd}")
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
@@ -119,6 +140,11 @@ def write_llama_gguf(
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
+    if arch == "gemma3":
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        if sliding_window:
+            writer.add_sliding_window(sliding_window)
     writer.add_file_type(
         gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
     )
@@ -146,6 +172,11 @@ def write_llama_gguf(
         writer.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
         writer.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
         writer.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))
+        if arch == "gemma3":
+            writer.add_tensor(p + "attn_q_norm.weight", norm(head_dim))
+            writer.add_tensor(p + "attn_k_norm.weight", norm(head_dim))
+            writer.add_tensor(p + "post_attention_norm.weight", norm(n_embd))
+            writer.add_tensor(p + "post_ffw_norm.weight", norm(n_embd))
     writer.add_tensor("output_norm.weight", norm(n_embd))
     writer.add_tensor("output.weight", mat(n_vocab, n_embd))
     writer.write_header_to_file()
