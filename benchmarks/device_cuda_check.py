@@ -467,6 +467,39 @@ def write_markdown(report: Report) -> None:
     (report.out / "device_cuda_check.md").write_text("\n".join(lines))
 
 
+def check_iswa(args, model_path: str, ngl: int) -> dict:
+    """A random Gemma 3 (iSWA cache) offloaded: capture layers, full policy = plain Llama,
+    then the namm budget check of d) on it."""
+    from edge_namm.engine import NammLlama
+
+    llm = NammLlama(
+        model_path,
+        policy="full",
+        budget=256,
+        update_interval=64,
+        chunk=64,
+        n_gpu_layers=ngl,
+        n_threads=args.threads,
+        op_offload=ngl != 0,
+    )
+    plain = make_llama(model_path, ngl, args.threads, n_ctx=llm.n_ctx(), n_batch=64, n_ubatch=64)
+    try:
+        layers = llm.memory.capture.layers
+        prompt = "edge devices run small language models with bounded memory " * 6
+        kw = dict(max_tokens=24, temperature=0.0, seed=3)
+        ours = llm.create_completion(prompt, **kw)["choices"][0]["text"]
+        ref = plain.create_completion(prompt, **kw)["choices"][0]["text"]
+    finally:
+        llm.close()
+        plain.close()
+    result = {"capture_layers": layers, "full_text": ours, "plain_text": ref}
+    expect(result, layers == [5, 11], "capture should cover layers 5 and 11 only")
+    expect(result, ours == ref and len(ours) > 0, "full policy differs from plain Llama")
+    result["namm"] = check_namm_budget(args, model_path, ngl)
+    expect(result, not result["namm"].get("failed_expectations"), "namm budget check failed")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="GGUF to use (default: write a random one, --preset)")
@@ -523,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             # again on the GPU, now that numba's kernels are compiled (d paid for that)
             report.run("e_namm_gpu", check_namm_budget, args, model_path, args.gpu_layers)
         report.run("f_onnxruntime", check_onnxruntime)
+        gemma = str(write_llama_gguf(Path(tmp) / "gemma3.gguf", **PRESETS["tiny-gemma3"]))
+        report.run("g_iswa_gemma3_gpu", check_iswa, args, gemma, args.gpu_layers)
 
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     report.save()
