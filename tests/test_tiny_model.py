@@ -34,13 +34,23 @@ def _llama(path: str) -> llama_cpp.Llama:
     return llama_cpp.Llama(path, n_ctx=256, n_batch=64, n_ubatch=64, n_threads=1, verbose=False)
 
 
-def test_tiny_capture_equals_independent_python_callback(tiny_model):
+@pytest.mark.parametrize(
+    "arch, layers, n_model_layers, n_head_kv", [("llama", [0, 1], 2, 3), ("gemma3", [5, 11], 12, 2)]
+)
+def test_tiny_capture_equals_independent_python_callback(
+    request, arch, layers, n_model_layers, n_head_kv
+):
+    """Rows equal an independent Python callback's copy of each captured layer's softmax. For
+    Gemma 3 (iSWA) only the full-attention layers (every 6th) are captured: the windowed
+    layers' columns are cells of their own small cache."""
+    path = request.getfixturevalue("tiny_model" if arch == "llama" else "tiny_gemma3")
     sink: dict = {}
-    ref = python_capture_llama(lambda: _llama(tiny_model), 3, sink)
-    ours = _llama(tiny_model)
+    ref = python_capture_llama(lambda: _llama(path), n_head_kv, sink)
+    ours = _llama(path)
     cap = native.AttentionCapture(ours._ctx.ctx, max_queries=64)
     try:
-        assert low.llama_model_n_head_kv(ours._model.model) == 3
+        assert cap.layers == layers and cap.n_layer == len(layers)
+        assert cap.n_head_kv == low.llama_model_n_head_kv(ours._model.model) == n_head_kv
         tokens = ours.tokenize(b"the quick brown fox jumps over the lazy dog " * 3)[:40]
         cap.arm()
         for piece in (tokens, [tokens[-1]]):
@@ -48,45 +58,26 @@ def test_tiny_capture_equals_independent_python_callback(tiny_model):
             ref.eval(piece)
             ours.eval(piece)
             rows = cap.rows()
-            assert sink.pop("host") and len(sink) == rows.shape[0] == 2
-            for il, captured in sink.items():
-                n_kv = captured[0].shape[-1]
-                np.testing.assert_allclose(rows[il, :, :, :n_kv], captured[0], atol=1e-5)
-            cap.clear()
-    finally:
-        cap.close()
-        ours.close()
-        ref.close()
-
-
-def test_iswa_capture_covers_the_full_attention_layers_only(tiny_gemma3):
-    """Gemma 3's windowed layers keep their own cache; rows come from the base cache's layers
-    (every 6th), and equal an independent Python callback's copy of their softmax."""
-    sink: dict = {}
-    ref = python_capture_llama(lambda: _llama(tiny_gemma3), 2, sink)
-    ours = _llama(tiny_gemma3)
-    cap = native.AttentionCapture(ours._ctx.ctx, max_queries=64)
-    try:
-        assert cap.layers == [5, 11] and cap.n_layer == 2 and cap.n_head_kv == 2
-        tokens = ours.tokenize(b"the quick brown fox jumps over the lazy dog " * 3)[:40]
-        cap.arm()
-        for piece in (tokens, [tokens[-1]]):
-            sink.clear()
-            ref.eval(piece)
-            ours.eval(piece)
-            rows = cap.rows()
-            assert sorted(k for k in sink if k != "host") == list(range(12))
+            assert sink.pop("host") and sorted(sink) == list(range(n_model_layers))
             for slot, il in enumerate(cap.layers):
                 n_kv = sink[il][0].shape[-1]
                 np.testing.assert_allclose(rows[slot, :, :, :n_kv], sink[il][0], atol=1e-5)
                 assert rows[slot].sum() > 0
             cap.clear()
-        with pytest.raises(ValueError, match="layer 0"):  # a windowed layer's keys are not ours
-            native.read_keys(ours._ctx.ctx, 0, cap.n_cells, 32)
     finally:
         cap.close()
         ours.close()
         ref.close()
+
+
+def test_iswa_windowed_layer_keys_are_refused(tiny_gemma3):
+    llm = _llama(tiny_gemma3)
+    try:
+        native.read_keys(llm._ctx.ctx, 5, 256, 32)  # a full-attention layer: fine
+        with pytest.raises(ValueError, match="layer 0"):
+            native.read_keys(llm._ctx.ctx, 0, 256, 32)
+    finally:
+        llm.close()
 
 
 def test_iswa_full_policy_matches_plain_llama(tiny_gemma3):
