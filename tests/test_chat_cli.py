@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -78,6 +79,26 @@ def test_chat_without_model_says_how_to_pull(tmp_path):
     assert status != 0
     assert "model file not found" in out and "edge-namm pull" in out
     assert "Traceback" not in out
+
+
+def test_chat_model_by_catalog_name(tmp_path, model_path):
+    """--model accepts the names `edge-namm pull` knows; a name not pulled yet says which pull
+    to run (an empty cache here), the default name resolves to the pulled default model."""
+    env = {**os.environ, "EDGE_NAMM_CACHE": str(tmp_path)}
+    out, status = pexpect.run(
+        f"{BIN} chat --model gemma3-270m",
+        withexitstatus=True,
+        encoding="utf-8",
+        timeout=60,
+        env=env,
+    )
+    assert status != 0 and "edge-namm pull gemma3-270m" in out and "Traceback" not in out
+    from edge_namm.cli.options import resolve_model
+    from edge_namm.downloads import default_model_path
+
+    if default_model_path().is_file():
+        assert resolve_model("smollm2-135m") == resolve_model(None) == str(default_model_path())
+    assert resolve_model(str(model_path)) == str(model_path)  # paths pass through
 
 
 def test_chat_budget_too_small_is_one_line(model_path):

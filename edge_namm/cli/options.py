@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,7 +18,8 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "-m",
                 type=click.Path(dir_okay=False),
                 default=None,
-                help="GGUF model file (default: the model fetched by `edge-namm pull`).",
+                help="GGUF model file, or the name of a model `edge-namm pull` fetches "
+                "(smollm2-135m, gemma3-270m). Default: smollm2-135m.",
             ),
             click.option(
                 "--n-gpu-layers",
@@ -35,16 +37,20 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_model(model: str | None) -> str:
-    """The given path, or the pulled default model with a hint when it is absent."""
-    if model:
-        return model
-    from edge_namm.downloads import default_model_path
+    """A path as given; a catalog name (or nothing: the default model) as the pulled file, with
+    the pull command to run when it is absent."""
+    from edge_namm.downloads import DEFAULT_MODEL, MODELS, model_path
 
-    path = default_model_path()
+    name = model or DEFAULT_MODEL
+    if model and (name not in MODELS or Path(model).is_file()):
+        return model
+    path = model_path(name)
     if not path.is_file():
+        what = "no --model given and the default model" if model is None else f"model {name}"
+        pull = "edge-namm pull" if name == DEFAULT_MODEL else f"edge-namm pull {name}"
         raise click.ClickException(
-            f"no --model given and the default model is not downloaded ({path}). "
-            "Run `edge-namm pull` first, or pass --model path/to/model.gguf."
+            f"{what} is not downloaded ({path}). Run `{pull}` first, or pass "
+            "--model path/to/model.gguf."
         )
     return str(path)
 
