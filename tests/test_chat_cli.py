@@ -109,3 +109,17 @@ def test_chat_budget_too_small_is_one_line(model_path):
         timeout=60,
     )
     assert status != 0 and "too small" in out and "Traceback" not in out
+
+
+def test_info_reports_patch_backend_and_pulled_models(tmp_path):
+    import json
+
+    env = {**os.environ, "EDGE_NAMM_CACHE": str(tmp_path)}
+    out, status = pexpect.run(f"{BIN} info --json", withexitstatus=True, encoding="utf-8", env=env)
+    assert status == 0, out
+    data = json.loads(out[out.index("{") :])
+    assert data["native_patch"] is True and data["backend"]
+    assert data["default_model_present"] is False and data["models_pulled"] == []
+    assert data["default_model"].startswith(str(tmp_path))
+    out, status = pexpect.run(f"{BIN} info", withexitstatus=True, encoding="utf-8", env=env)
+    assert status == 0 and "run `edge-namm pull`" in out

@@ -11,7 +11,7 @@ import click
 
 def collect_info() -> dict:
     from edge_namm import native
-    from edge_namm.downloads import default_model_path
+    from edge_namm.downloads import MODELS, default_model_path, model_path
 
     def version(pkg: str) -> str | None:
         try:
@@ -52,6 +52,7 @@ def collect_info() -> dict:
     path = default_model_path()
     info["default_model"] = str(path)
     info["default_model_present"] = path.is_file()
+    info["models_pulled"] = [name for name in MODELS if model_path(name).is_file()]
     return info
 
 
