@@ -1,5 +1,5 @@
 // edge-namm native API: attention capture, KV cell map, batch removal and key access
-// for NAMM-style KV-cache eviction. Compiled into libllama by build.sh (see native/README.md).
+// for NAMM-style KV-cache eviction. Compiled into libllama by build.sh (docs/ENGINE.md explains its use).
 #pragma once
 
 #include "llama.h"
