@@ -110,3 +110,25 @@ def test_tiny_engine_keeps_the_budget_through_prefill_and_generation(any_tiny, p
         assert peaks and max(peaks) <= 96
     finally:
         llm.close()
+
+
+def test_eval_logprobs_equal_plain_llama_log_softmax(any_tiny):
+    """Perplexity's log-probabilities, reduced chunk by chunk inside the engine, against a plain
+    Llama's full logits put through a float64 log-softmax."""
+    llm = NammLlama(any_tiny, policy="full", budget=256, update_interval=32, chunk=32)
+    plain = llama_cpp.Llama(
+        any_tiny, n_ctx=llm.n_ctx(), n_batch=32, n_ubatch=32, logits_all=True, verbose=False
+    )
+    try:
+        tokens = llm.tokenize(b"edge devices run small language models with bounded memory " * 12)
+        assert len(tokens) > 2 * 32  # several chunks
+        got = llm.eval_logprobs(tokens)
+        plain.eval(tokens)
+        scores = np.asarray(plain.scores[: len(tokens) - 1], dtype=np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        want = scores[np.arange(len(scores)), tokens[1:]] - np.log(np.exp(scores).sum(axis=1))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    finally:
+        llm.close()
+        plain.close()

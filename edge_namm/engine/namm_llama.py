@@ -9,7 +9,7 @@ keep their RoPE positions and new tokens continue at the next one (see docs/ENGI
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,16 +254,33 @@ class NammLlama(llama_cpp.Llama):
         """Decode tokens and return log p(tokens[i] | everything before it) for i >= 1.
 
         The first token's probability needs logits from before this call, so it is not
-        returned. Used for perplexity under a budget (StreamingLLM-style evaluation).
+        returned. Used for perplexity under a budget (StreamingLLM-style evaluation). Each
+        chunk's logits are reduced as they arrive, in llama.cpp's buffer: with a 262k-token
+        vocabulary (Gemma 3) a copy of all of them would be ~1 GB and seconds of numpy.
         """
-        out: list[np.ndarray] = []
-        self._decode_tokens(list(tokens), out)
-        logits = np.concatenate(out)[:-1].astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        logz = np.log(np.exp(logits).sum(axis=1))
-        return logits[np.arange(len(logits)), np.asarray(tokens[1:])] - logz
+        tokens = list(tokens)
+        out = np.empty(max(len(tokens) - 1, 0))
 
-    def _decode_tokens(self, tokens: list[int], logits_out: list[np.ndarray] | None) -> None:
+        def reduce(start: int, logits: np.ndarray) -> None:
+            rows = logits[: max(0, len(tokens) - 1 - start)]
+            if len(rows) == 0:
+                return
+            peak = rows.max(axis=1)
+            shifted = np.subtract(rows, peak[:, None])
+            np.exp(shifted, out=shifted)
+            logz = np.log(shifted.sum(axis=1, dtype=np.float64)) + peak
+            targets = tokens[start + 1 : start + 1 + len(rows)]
+            out[start : start + len(rows)] = rows[np.arange(len(rows)), targets] - logz
+
+        self._decode_tokens(tokens, reduce)
+        return out
+
+    def _decode_tokens(
+        self, tokens: list[int], on_logits: Callable[[int, np.ndarray], None] | None
+    ) -> None:
+        """Decode in chunks with memory updates; ``on_logits(i, logits)`` gets every chunk's
+        logits [n, n_vocab] (a view of llama.cpp's buffer, valid until the next decode) for the
+        chunk starting at ``tokens[i]``."""
         mem = self._memory
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
         mem.before_decode()
@@ -283,17 +300,17 @@ class NammLlama(llama_cpp.Llama):
                         "evicting policy"
                     )
                 batch = tokens[i : i + n]
-                all_logits = self._logits_all or logits_out is not None
+                all_logits = self._logits_all or on_logits is not None
                 n_past = self.n_tokens - self._positions.shift
                 self._batch.set_batch(batch=batch, n_past=n_past, logits_all=all_logits)
                 t0 = time.perf_counter()
                 self._ctx.decode(self._batch)
                 mem.stats.seconds_llama += time.perf_counter() - t0
-                if logits_out is not None:
+                if on_logits is not None:
                     logits = np.ctypeslib.as_array(
                         self._ctx.get_logits(), shape=(n * self._n_vocab,)
                     )
-                    logits_out.append(logits.reshape(n, self._n_vocab).copy())
+                    on_logits(i, logits.reshape(n, self._n_vocab))
                 mem.after_decode(n, self._positions.shift)
                 self._store_tokens(batch)
                 self._since_update += n
