@@ -84,6 +84,8 @@ def test_iswa_full_policy_matches_plain_llama(tiny_gemma3):
     ours = NammLlama(tiny_gemma3, policy="full", budget=192, update_interval=32, chunk=32)
     plain = llama_cpp.Llama(tiny_gemma3, n_ctx=ours.n_ctx(), n_batch=32, n_ubatch=32, verbose=False)
     try:
+        # every layer counts: llama.cpp's full-size window cache holds a cell per kept token too
+        assert ours.stats.bytes_per_cell == 12 * 2 * (16 + 16) * 2  # layers, KV heads, K+V, f16
         for prompt in ("edge devices run small language models " * 4, "the quick brown fox"):
             kw = dict(max_tokens=16, temperature=0.0, seed=3)
             a = ours.create_completion(prompt, **kw)["choices"][0]["text"]

@@ -27,7 +27,7 @@ class KVMemory:
         budget: int,
         max_queries: int,
         n_embd_k: int,
-        bytes_per_layer_cell: int,
+        bytes_per_cell: int,
         feature_config: FeatureConfig | None = None,
         record_attention: bool = True,
         seed: int = 0,
@@ -49,9 +49,7 @@ class KVMemory:
             self.capture.arm()
         self._positions = np.full(self.n_cells, -1, dtype=np.int32)  # physical, per cell
         self._logical = np.full(self.n_cells, -1, dtype=np.int64)  # logical, per cell
-        self.stats = MemoryStats(
-            budget=budget, n_cells=self.n_cells, bytes_per_cell=self.n_layer * bytes_per_layer_cell
-        )
+        self.stats = MemoryStats(budget=budget, n_cells=self.n_cells, bytes_per_cell=bytes_per_cell)
         self.on_update: list[
             Callable[[CacheView, np.ndarray], None]
         ] = []  # observers (tests, eval)

@@ -184,14 +184,14 @@ class NammLlama(llama_cpp.Llama):
             ) from exc
         native.check_supported(self._ctx.ctx)
         self._n_ctx = LOGICAL_N_CTX
-        n_embd_k, bytes_per_layer_cell = self._kv_geometry()
+        n_embd_k, bytes_per_cell = self._kv_geometry()
         self._memory = KVMemory(
             self._ctx.ctx,
             self.policy,
             budget=budget,
             max_queries=chunk,
             n_embd_k=n_embd_k,
-            bytes_per_layer_cell=bytes_per_layer_cell,
+            bytes_per_cell=bytes_per_cell,
             feature_config=_feature_config_of(self.policy),
             record_attention=record,
             seed=seed if seed != llama_cpp.LLAMA_DEFAULT_SEED else 0,
@@ -212,18 +212,19 @@ class NammLlama(llama_cpp.Llama):
             self._ctx = LogicalPositionContext(self._ctx, self._positions)
 
     def _kv_geometry(self) -> tuple[int, int]:
-        """(K width per layer, K+V bytes per cell and layer) from the model's shape and cache
-        types. The memory multiplies by the layers it manages (an iSWA model's sliding-window
-        layers keep their own small cache)."""
+        """(K width per layer, K+V bytes per cell over all layers) from the model's shape and
+        cache types. All layers, also for an iSWA model: with llama.cpp's default full-size
+        window cache (``swa_full``) every kept token holds a cell in both caches."""
         arch = self.metadata.get("general.architecture", "llama")
         n_head = llama_cpp.llama_model_n_head(self._model.model)
         n_head_kv = llama_cpp.llama_model_n_head_kv(self._model.model)
+        n_layer = llama_cpp.llama_model_n_layer(self._model.model)
         head_k = int(self.metadata.get(f"{arch}.attention.key_length", self.n_embd() // n_head))
         head_v = int(self.metadata.get(f"{arch}.attention.value_length", head_k))
         bytes_k = _GGML_BYTES_PER_VALUE.get(self.context_params.type_k, 2.0)
         bytes_v = _GGML_BYTES_PER_VALUE.get(self.context_params.type_v, 2.0)
-        per_layer = n_head_kv * (head_k * bytes_k + head_v * bytes_v)
-        return n_head_kv * head_k, int(per_layer)
+        per_cell = n_layer * n_head_kv * (head_k * bytes_k + head_v * bytes_v)
+        return n_head_kv * head_k, int(per_cell)
 
     # --- llama-cpp-python overrides ----------------------------------------------------------
     @property
