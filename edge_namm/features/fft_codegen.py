@@ -11,7 +11,7 @@ identical expressions are emitted once. For ``n_fft = 32`` that is 309 floating-
 per frame and cell (30 of them the Hann window), against 504 for the folded DFT it replaced;
 the 17 magnitudes then update the EMA in place.
 
-Regenerate with ``frame32_source()`` and paste the output between the ``begin generated`` and
+Regenerate with ``frame32_source(stft.TILE)[0]`` and paste it between the ``begin generated`` and
 ``end generated`` markers in ``stft.py`` (``tests/test_features.py`` checks that they agree).
 """
 
