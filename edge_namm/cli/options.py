@@ -11,6 +11,8 @@ import click
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--model, -ngl, -t: how llama.cpp loads and runs the GGUF."""
+    from edge_namm.downloads import DEFAULT_MODEL, MODELS
+
     for option in reversed(
         [
             click.option(
@@ -19,7 +21,7 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.Path(dir_okay=False),
                 default=None,
                 help="GGUF model file, or the name of a model `edge-namm pull` fetches "
-                "(smollm2-135m, gemma3-270m). Default: smollm2-135m.",
+                f"({', '.join(MODELS)}). Default: {DEFAULT_MODEL}.",
             ),
             click.option(
                 "--n-gpu-layers",
