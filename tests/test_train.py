@@ -46,6 +46,8 @@ def _config(model_path: str, **kw) -> TrainConfig:
         (dict(elites=3), "population // 2"),
         (dict(sigma=0.0), "sigma must be > 0"),
         (dict(scorer_type="transformer"), "unknown scorer type"),
+        (dict(subspace="bam-diagonal"), "is for BAM scorers"),
+        (dict(scorer_type="bam", subspace="tiny"), "unknown subspace 'tiny'"),
     ],
 )
 def test_bad_configs_are_refused(kw, message):
@@ -209,3 +211,34 @@ def test_bam_starts_from_a_linear_scorer(tmp_path):
     cfg = _config("unused.gguf", scorer_type="mlp2", init_scorer=str(src))
     with pytest.raises(TrainConfigError, match="types must match"):
         Trainer(cfg, tmp_path / "b", progress=False)._init_state()
+
+
+@pytest.mark.slow
+def test_a_subspace_run_moves_only_its_coordinates(model_path, tmp_path):
+    """bam-diagonal: CMA-ES searches 84 coordinates; the shipped BAM keeps every other weight
+    at the wiring, and starts from the linear scorer it was given."""
+    from pathlib import Path
+
+    from edge_namm.scorers import load_scorer
+    from edge_namm.scorers.bam import bam_params_from_linear
+    from edge_namm.train.subspace import bam_diagonal
+
+    src = Path(__file__).parents[1] / "models" / "placeholder-mlp-handset.json"
+    cfg = _config(
+        model_path,
+        scorer_type="bam",
+        subspace="bam-diagonal",
+        init_scorer=str(src),
+        online_generations=0,
+    )
+    assert cfg.optimizer_kind() == "full"  # 84 dims: full covariance is affordable
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, echo=lambda _m: None)
+    trainer.run()
+    sub = bam_diagonal(bam_params_from_linear(load_scorer(src).params))
+    assert trainer.state.optimizer.mean.shape == (sub.dims,)
+    shipped = load_scorer(tmp_path / "run" / SCORER_FILE)
+    assert shipped.type_name == "bam"
+    fixed = np.setdiff1d(np.arange(shipped.n_params), sub.free)
+    np.testing.assert_array_equal(shipped.params[fixed], sub.offset[fixed].astype(np.float32))
+    assert np.abs(shipped.params[sub.free] - sub.offset[sub.free]).max() > 0  # it moved
+    assert "bam-diagonal (84 coordinates" in shipped.provenance["subspace"]

@@ -10,6 +10,7 @@ import click
 
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import chunk_option, model_options, resolve_model, update_interval_option
+from edge_namm.train.subspace import SUBSPACES
 
 
 def parse_stages(tasks: str | None, stages: str | None) -> list[list[str]]:
@@ -132,6 +133,14 @@ def parse_lengths(text: str) -> list[int]:
     help="Start from this scorer file (parameters and normalisation) instead of 0; a BAM "
     "may start from an mlp (linear) scorer, which it contains.",
 )
+@click.option(
+    "--subspace",
+    type=click.Choice(["full", *SUBSPACES]),
+    default="full",
+    show_default=True,
+    help="Coordinates CMA-ES searches. bam-diagonal: 84 of BAM's 4,172 (an age kernel for its "
+    "attention, per-feature residuals and gates, the score head); the rest stay fixed.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--out",
@@ -172,6 +181,7 @@ def train(
     online_population,
     optimizer,
     init_scorer,
+    subspace,
     seed,
     out_dir,
     save,
@@ -214,6 +224,7 @@ def train(
         seed=seed,
         optimizer=optimizer,
         init_scorer=init_scorer,
+        subspace=subspace,
         llama_kwargs=llama_kwargs,
         command="edge-namm train " + " ".join(shlex.quote(a) for a in sys.argv[1:][1:])
         if len(sys.argv) > 1 and sys.argv[1] == "train"

@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     optimizer: str = "auto"  # sep | full | auto (sep for BAM, full CMA for the MLPs)
     init_scorer: str | None = None  # start from this scorer's parameters and normalisation
+    subspace: str = "full"  # "full" or a name in SUBSPACES: the coordinates CMA-ES searches
     aggregation: str = "mean"
     mode: str = "after"
     llama_kwargs: dict = field(default_factory=dict)
@@ -94,7 +95,8 @@ class TrainConfig:
     def optimizer_kind(self) -> str:
         if self.optimizer != "auto":
             return self.optimizer
-        return "sep" if self.scorer_type.startswith("bam") else "full"
+        big = self.scorer_type.startswith("bam") and self.subspace == "full"
+        return "sep" if big else "full"
 
     def validate(self) -> None:
         from edge_namm.scorers import SCORERS
@@ -141,6 +143,17 @@ class TrainConfig:
             raise TrainConfigError("need at least one prompt per task")
         if not self.lengths or min(self.lengths) < 64:
             raise TrainConfigError(f"lengths must be >= 64 tokens, got {self.lengths}")
+        from edge_namm.train.subspace import SUBSPACES
+
+        if self.subspace != "full" and self.subspace not in SUBSPACES:
+            raise TrainConfigError(
+                f"unknown subspace {self.subspace!r}; valid: full, {', '.join(SUBSPACES)}"
+            )
+        if self.subspace != "full" and not self.scorer_type.startswith("bam"):
+            raise TrainConfigError(
+                f"subspace {self.subspace!r} is for BAM scorers; a {self.scorer_type!r} scorer "
+                "is small enough to search in full (--subspace full)"
+            )
         if self.optimizer not in ("auto", "sep", "full"):
             raise TrainConfigError(f"optimizer must be auto, sep or full, got {self.optimizer!r}")
         if not self.budgets:
@@ -212,6 +225,7 @@ class TrainState:
     norm_std: np.ndarray
     norm_source: str
     start_params: np.ndarray
+    subspace: Any = None  # a train.subspace.Subspace: the optimizer searches its coordinates
     step: int = 0  # index into the schedule
     step_gen: int = 0  # generations done within that step
     gen: int = 0  # generations done overall
@@ -410,15 +424,30 @@ class Trainer:
         else:
             start = np.zeros(n)
             mean, std, source = self._estimate_norm()
+        sub = None
+        if cfg.subspace != "full":
+            from edge_namm.train.subspace import SUBSPACES
+
+            try:
+                sub = SUBSPACES[cfg.subspace](start)
+            except ValueError as exc:
+                raise TrainConfigError(f"--init-scorer {cfg.init_scorer}: {exc}") from None
+            start = sub.embed(sub.project(start))  # the start, wired into the subspace
         return TrainState(
             config=cfg,
-            optimizer=make_optimizer(cfg, start),
+            optimizer=make_optimizer(cfg, start if sub is None else sub.project(start)),
+            subspace=sub,
             rng=np.random.default_rng(cfg.seed),
             norm_mean=np.asarray(mean, np.float32),
             norm_std=np.asarray(std, np.float32),
             norm_source=source,
             start_params=start.astype(np.float32),
         )
+
+    def params_of(self, x: np.ndarray) -> np.ndarray:
+        """The scorer's full parameter vector for an optimizer point."""
+        sub = self.state.subspace
+        return np.asarray(x) if sub is None else sub.embed(x)
 
     def _estimate_norm(self) -> tuple[np.ndarray, np.ndarray, str]:
         """Frozen normalisation from full-cache runs: the stage-1 recordings when phase 1
@@ -526,13 +555,16 @@ class Trainer:
 
                     def evaluate(x, recs=recs, budgets=budgets, base=base, backend=backend):
                         return offline_fitness(
-                            base.with_params(x), recs, lambda rec: budgets[id(rec)], backend
+                            base.with_params(self.params_of(x)),
+                            recs,
+                            lambda rec: budgets[id(rec)],
+                            backend,
                         )
                 else:
                     online = self._online_fitness(tasks)
 
                     def evaluate(x, online=online, base=base):
-                        return online.evaluate(base.with_params(x))
+                        return online.evaluate(base.with_params(self.params_of(x)))
 
                 self._generation(stage, phase, evaluate)
                 done += 1
@@ -609,6 +641,8 @@ class Trainer:
             "elites": cfg.elites,
             "online_population": population_of(cfg, "online"),
             "sigma0": cfg.sigma,
+            "subspace": cfg.subspace
+            + ("" if st.subspace is None else f" ({st.subspace.dims} coordinates searched)"),
             "generations": st.gen,
             "generations_per_phase": {
                 "offline": sum(1 for r in st.log if r["phase"] == "offline"),
@@ -628,7 +662,7 @@ class Trainer:
         }
         prov.update(provenance or {})
         base = self.base_scorer()
-        mean = np.asarray(st.optimizer.mean, dtype=np.float32)
+        mean = np.asarray(self.params_of(st.optimizer.mean), dtype=np.float32)
         out = base.with_params(mean)
         out.provenance = copy.deepcopy(prov)
         return out

@@ -1,0 +1,104 @@
+"""Search subspaces: CMA-ES over a few coordinates of a large scorer, the others held fixed.
+
+Why: from a good start, CMA-ES in BAM's 4,172 dimensions with a population of 16 takes mostly
+random steps (docs/TRAINING.md measured every candidate worse than its start). A subspace of a
+few dozen coordinates that each mean something lets the same budget of candidates make
+progress, while the deployed scorer is still a plain BAM file that any BAM runtime reads.
+
+``bam-diagonal`` wires BAM so that its attention is over the *age* of cells and its values are
+the cells' own features, then searches only diagonals:
+
+- ``W_k`` is fixed to the identity on the 8 age dims and ``W_q``'s age diagonal is free, so
+  ``q_i . k_j = sum_d s_d cos(w_d (age_i - age_j))``: a learnt kernel over the distance to the
+  newer cells a cell attends to (all zero: uniform over every newer cell).
+- ``W_v`` is fixed to the identity on the 25 features, so the attention output is a weighted
+  mean of the newer cells' features ("what came after this token").
+- The free diagonals of ``W_o`` turn that mean into a per-feature residual and a per-feature
+  multiplicative gate; the score head ``W_s``, ``b_s`` is free.
+
+That is 8 + 25 + 25 + 26 = 84 coordinates. With the free diagonals of ``W_o`` at zero the
+residual and the gates vanish, so a linear scorer's start is kept exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_namm.scorers.base import AGE_DIMS, N_FEATURES
+from edge_namm.scorers.bam import BAM_LAYOUT, BAM_N_PARAMS, D_ATTN
+
+
+@dataclass(frozen=True)
+class Subspace:
+    """``x = offset`` except at ``free``, where ``x[free] = theta``."""
+
+    name: str
+    offset: np.ndarray
+    free: np.ndarray
+
+    @property
+    def dims(self) -> int:
+        return int(self.free.size)
+
+    def embed(self, theta: np.ndarray) -> np.ndarray:
+        """The full parameter vector of a point of the subspace."""
+        x = self.offset.copy()
+        x[self.free] = np.asarray(theta, dtype=np.float64)
+        return x
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """The subspace coordinates of a full vector (its free entries)."""
+        return np.asarray(x, dtype=np.float64)[self.free].copy()
+
+
+def _offsets() -> dict[str, int]:
+    out, pos = {}, 0
+    for name, shape in BAM_LAYOUT:
+        out[name] = pos
+        pos += int(np.prod(shape))
+    return out
+
+
+def _index(name: str, row: int, col: int) -> int:
+    """Flat index of ``name[row, col]`` in the BAM vector."""
+    shape = dict(BAM_LAYOUT)[name]
+    return _offsets()[name] + row * shape[1] + col
+
+
+def bam_diagonal(start: np.ndarray) -> Subspace:
+    """The ``bam-diagonal`` subspace around ``start`` (a linear scorer as a BAM, or a point of
+    this subspace); ValueError for a BAM that uses weights outside it."""
+    start = np.asarray(start, dtype=np.float64).reshape(-1)
+    if start.size != BAM_N_PARAMS:
+        raise ValueError(f"a BAM has {BAM_N_PARAMS} parameters, got {start.size}")
+    wiring = [_index("W_qkv", d, D_ATTN + d) for d in range(AGE_DIMS)]  # k = age dims
+    wiring += [_index("W_qkv", f, 2 * D_ATTN + f) for f in range(N_FEATURES)]  # v = features
+    free = [_index("W_qkv", d, d) for d in range(AGE_DIMS)]  # q: age kernel weights
+    free += [_index("W_o", f, f) for f in range(N_FEATURES)]  # residual per feature
+    free += [_index("W_o", f, N_FEATURES + f) for f in range(N_FEATURES)]  # gate per feature
+    score_head = _offsets()["W_s"]
+    free += list(range(score_head, BAM_N_PARAMS))  # W_s, b_s
+    free_idx = np.array(free)
+    outside = np.ones(BAM_N_PARAMS, bool)
+    outside[free_idx] = False
+    outside[wiring] = False
+    wired = start[wiring]
+    mixing = start[free_idx[AGE_DIMS : AGE_DIMS + 2 * N_FEATURES]]  # W_o diagonals
+    unwired_but_used = np.all(wired == 0) and np.any(mixing != 0)
+    if np.any(start[outside] != 0) or not np.all((wired == 0) | (wired == 1)) or (
+        unwired_but_used or (np.any(wired == 0) and np.any(wired == 1))
+    ):
+        raise ValueError(
+            "bam-diagonal needs a start inside it (a linear 'mlp' scorer or a bam-diagonal "
+            "BAM); this BAM uses other weights: train it with --subspace full"
+        )
+    offset = start.copy()
+    offset[wiring] = 1.0
+    return Subspace("bam-diagonal", offset, free_idx)
+
+
+SUBSPACES: dict[str, Callable[[np.ndarray], Subspace]] = {"bam-diagonal": bam_diagonal}
+"""Named subspaces (``--subspace``); "full" means none."""
