@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_namm.scorers.base import AGE_DIMS, N_FEATURES
 from edge_namm.scorers.bam import BAM_LAYOUT, BAM_N_PARAMS, D_ATTN
+from edge_namm.scorers.base import AGE_DIMS, N_FEATURES
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,10 @@ def bam_diagonal(start: np.ndarray) -> Subspace:
     wired = start[wiring]
     mixing = start[free_idx[AGE_DIMS : AGE_DIMS + 2 * N_FEATURES]]  # W_o diagonals
     unwired_but_used = np.all(wired == 0) and np.any(mixing != 0)
-    if np.any(start[outside] != 0) or not np.all((wired == 0) | (wired == 1)) or (
-        unwired_but_used or (np.any(wired == 0) and np.any(wired == 1))
+    if (
+        np.any(start[outside] != 0)
+        or not np.all((wired == 0) | (wired == 1))
+        or (unwired_but_used or (np.any(wired == 0) and np.any(wired == 1)))
     ):
         raise ValueError(
             "bam-diagonal needs a start inside it (a linear 'mlp' scorer or a bam-diagonal "
