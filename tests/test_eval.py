@@ -315,3 +315,33 @@ def test_longbench_file_with_a_malformed_line(model_path, tmp_path):
     assert all(r["metric"] == "qa_f1" and 0 <= r["score"] <= 1 for r in rows)
     paths = write_report(tmp_path / "o")
     assert "longbench:hotpotqa" in paths["md"].read_text()
+
+
+def test_per_sample_ratios_invert_perplexity():
+    """Summary.per_sample: accuracy-like scores are policy / full, perplexity full / policy,
+    and samples the full cache did not run are left out."""
+    from edge_namm.eval.report import Summary
+
+    def row(policy, task, metric, sid, score):
+        return dict(
+            policy=policy,
+            budget="full" if policy == "full" else "25%",
+            task=task,
+            metric=metric,
+            sample_id=sid,
+            score=score,
+        )
+
+    rows = [
+        row("full", "lm", "perplexity", "a", 20.0),
+        row("full", "lm", "perplexity", "b", 30.0),
+        row("tova", "lm", "perplexity", "a", 25.0),
+        row("tova", "lm", "perplexity", "b", 30.0),
+        row("tova", "lm", "perplexity", "c", 10.0),  # no full-cache run: left out
+        row("full", "passkey", "exact", "p", 1.0),
+        row("tova", "passkey", "exact", "p", 0.5),
+    ]
+    s = Summary(rows)
+    assert s.per_sample("tova", "25%", "lm") == pytest.approx([0.8, 1.0])
+    assert s.per_sample("tova", "25%", "passkey") == pytest.approx([0.5])
+    assert s.per_sample("h2o", "25%", "lm") == []

@@ -128,6 +128,17 @@ class Summary:
             mine, full = full, mine
         return mine / full if full > 0 else float("nan")
 
+    def per_sample(self, policy: str, budget: str, task: str) -> list[float]:
+        """Each sample's score over the full cache's on it (inverted for perplexity)."""
+        out = []
+        for r in self.groups.get((policy, budget, task), []):
+            full = self._full.get((task, r["sample_id"]))
+            if full:
+                mine = float(r["score"])
+                lower = self.metric.get(task) in LOWER_IS_BETTER
+                out.append(full / mine if lower else mine / full)
+        return out
+
     def normalised_mean(self, policy: str, budget: str) -> float:
         vals = [self.normalised(policy, budget, t) for t in self.tasks]
         vals = [v for v in vals if not math.isnan(v)]
