@@ -342,6 +342,6 @@ def test_per_sample_ratios_invert_perplexity():
         row("tova", "passkey", "exact", "p", 0.5),
     ]
     s = Summary(rows)
-    assert s.per_sample("tova", "25%", "lm") == pytest.approx([0.8, 1.0])
-    assert s.per_sample("tova", "25%", "passkey") == pytest.approx([0.5])
-    assert s.per_sample("h2o", "25%", "lm") == []
+    assert s.per_sample("tova", "25%", "lm") == pytest.approx({"a": 0.8, "b": 1.0})
+    assert s.per_sample("tova", "25%", "passkey") == pytest.approx({"p": 0.5})
+    assert s.per_sample("h2o", "25%", "lm") == {}

@@ -128,15 +128,16 @@ class Summary:
             mine, full = full, mine
         return mine / full if full > 0 else float("nan")
 
-    def per_sample(self, policy: str, budget: str, task: str) -> list[float]:
-        """Each sample's score over the full cache's on it (inverted for perplexity)."""
-        out = []
+    def per_sample(self, policy: str, budget: str, task: str) -> dict[str, float]:
+        """Each sample's score over the full cache's on it (inverted for perplexity), by
+        sample id; samples without a full-cache run are left out."""
+        out = {}
+        lower = self.metric.get(task) in LOWER_IS_BETTER
         for r in self.groups.get((policy, budget, task), []):
             full = self._full.get((task, r["sample_id"]))
             if full:
                 mine = float(r["score"])
-                lower = self.metric.get(task) in LOWER_IS_BETTER
-                out.append(full / mine if lower else mine / full)
+                out[r["sample_id"]] = full / mine if lower else mine / full
         return out
 
     def normalised_mean(self, policy: str, budget: str) -> float:
