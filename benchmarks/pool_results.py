@@ -54,6 +54,8 @@ def main() -> None:
     for policy in policies:
         vals = [s.normalised(policy, args.budget, args.task) for s in summaries]
         have = [v for v in vals if v == v]
+        if not have:
+            continue  # this policy did not run at this budget
         by_id = samples(policy)
         mine = list(by_id.values())
         cells = " | ".join("-" if v != v else f"{v:.3f}" for v in vals)
