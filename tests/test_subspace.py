@@ -84,3 +84,17 @@ def test_a_bam_outside_the_subspace_is_refused():
         bam_diagonal(params)
     with pytest.raises(ValueError, match="4172 parameters"):
         bam_diagonal(np.zeros(26))
+    # W_o diagonals in use but the wiring missing: wiring it would change the scores
+    unwired = np.zeros(BAM_N_PARAMS)
+    unpack_bam(unwired)["W_o"][3, 3] = 0.5
+    with pytest.raises(ValueError, match="--subspace full"):
+        bam_diagonal(unwired)
+
+
+def test_a_trained_point_of_the_subspace_resumes_in_it():
+    sub = bam_diagonal(np.zeros(BAM_N_PARAMS))
+    theta = np.random.default_rng(2).normal(0, 0.1, sub.dims)
+    point = sub.embed(theta)
+    again = bam_diagonal(point)
+    np.testing.assert_array_equal(again.project(point), theta)
+    np.testing.assert_array_equal(again.embed(theta), point)

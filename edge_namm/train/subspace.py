@@ -9,8 +9,10 @@ progress, while the deployed scorer is still a plain BAM file that any BAM runti
 the cells' own features, then searches only diagonals:
 
 - ``W_k`` is fixed to the identity on the 8 age dims and ``W_q``'s age diagonal is free, so
-  ``q_i . k_j = sum_d s_d cos(w_d (age_i - age_j))``: a learnt kernel over the distance to the
-  newer cells a cell attends to (all zero: uniform over every newer cell).
+  ``q_i . k_j = sum_d s_d e_d(age_i) e_d(age_j)`` over the sinusoidal age embedding ``e``.
+  Equal weights on a sin/cos pair give ``s cos(w (age_i - age_j))``, a kernel of the age
+  difference, so this is a learnt preference over which newer cells a cell attends to (all
+  zero: uniform over every newer cell).
 - ``W_v`` is fixed to the identity on the 25 features, so the attention output is a weighted
   mean of the newer cells' features ("what came after this token").
 - The free diagonals of ``W_o`` turn that mean into a per-feature residual and a per-feature
@@ -87,12 +89,9 @@ def bam_diagonal(start: np.ndarray) -> Subspace:
     outside[wiring] = False
     wired = start[wiring]
     mixing = start[free_idx[AGE_DIMS : AGE_DIMS + 2 * N_FEATURES]]  # W_o diagonals
-    unwired_but_used = np.all(wired == 0) and np.any(mixing != 0)
-    if (
-        np.any(start[outside] != 0)
-        or not np.all((wired == 0) | (wired == 1))
-        or (unwired_but_used or (np.any(wired == 0) and np.any(wired == 1)))
-    ):
+    # wiring a start changes its scores unless it is wired already or its W_o is still zero
+    wiring_ok = np.all(wired == 1) or (np.all(wired == 0) and not np.any(mixing != 0))
+    if np.any(start[outside] != 0) or not wiring_ok:
         raise ValueError(
             "bam-diagonal needs a start inside it (a linear 'mlp' scorer or a bam-diagonal "
             "BAM); this BAM uses other weights: train it with --subspace full"
