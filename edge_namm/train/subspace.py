@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_namm.scorers.bam import BAM_LAYOUT, BAM_N_PARAMS, D_ATTN
+from edge_namm.scorers.bam import BAM_N_PARAMS, D_ATTN, unpack_bam
 from edge_namm.scorers.base import AGE_DIMS, N_FEATURES
 
 
@@ -56,34 +56,26 @@ class Subspace:
         return np.asarray(x, dtype=np.float64)[self.free].copy()
 
 
-def _offsets() -> dict[str, int]:
-    out, pos = {}, 0
-    for name, shape in BAM_LAYOUT:
-        out[name] = pos
-        pos += int(np.prod(shape))
-    return out
-
-
-def _index(name: str, row: int, col: int) -> int:
-    """Flat index of ``name[row, col]`` in the BAM vector."""
-    shape = dict(BAM_LAYOUT)[name]
-    return _offsets()[name] + row * shape[1] + col
-
-
 def bam_diagonal(start: np.ndarray) -> Subspace:
     """The ``bam-diagonal`` subspace around ``start`` (a linear scorer as a BAM, or a point of
     this subspace); ValueError for a BAM that uses weights outside it."""
     start = np.asarray(start, dtype=np.float64).reshape(-1)
     if start.size != BAM_N_PARAMS:
         raise ValueError(f"a BAM has {BAM_N_PARAMS} parameters, got {start.size}")
-    wiring = [_index("W_qkv", d, D_ATTN + d) for d in range(AGE_DIMS)]  # k = age dims
-    wiring += [_index("W_qkv", f, 2 * D_ATTN + f) for f in range(N_FEATURES)]  # v = features
-    free = [_index("W_qkv", d, d) for d in range(AGE_DIMS)]  # q: age kernel weights
-    free += [_index("W_o", f, f) for f in range(N_FEATURES)]  # residual per feature
-    free += [_index("W_o", f, N_FEATURES + f) for f in range(N_FEATURES)]  # gate per feature
-    score_head = _offsets()["W_s"]
-    free += list(range(score_head, BAM_N_PARAMS))  # W_s, b_s
-    free_idx = np.array(free)
+    at = unpack_bam(np.arange(BAM_N_PARAMS))  # flat index of every named weight
+    age, feat = np.arange(AGE_DIMS), np.arange(N_FEATURES)
+    wiring = np.concatenate(
+        [at["W_qkv"][age, D_ATTN + age], at["W_qkv"][feat, 2 * D_ATTN + feat]]  # k: age, v: z
+    )
+    free_idx = np.concatenate(
+        [
+            at["W_qkv"][age, age],  # q: age kernel weights
+            at["W_o"][feat, feat],  # residual per feature
+            at["W_o"][feat, N_FEATURES + feat],  # gate per feature
+            at["W_s"].ravel(),
+            at["b_s"],
+        ]
+    )
     outside = np.ones(BAM_N_PARAMS, bool)
     outside[free_idx] = False
     outside[wiring] = False

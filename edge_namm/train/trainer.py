@@ -432,7 +432,7 @@ class Trainer:
                 sub = SUBSPACES[cfg.subspace](start)
             except ValueError as exc:
                 raise TrainConfigError(f"--init-scorer {cfg.init_scorer}: {exc}") from None
-            start = sub.embed(sub.project(start))  # the start, wired into the subspace
+            start = sub.offset  # the start, wired into the subspace
         return TrainState(
             config=cfg,
             optimizer=make_optimizer(cfg, start if sub is None else sub.project(start)),
