@@ -242,3 +242,40 @@ def test_compile_scorer() -> None:
 def test_graph_helper_names_unique() -> None:
     g = _Graph("p_")
     assert len({g.name("a") for _ in range(5)}) == 5
+
+
+def _split_sizes(model) -> list[int]:
+    """Sizes of the q/k/v split of an exported BAM graph."""
+    inits = {t.name: t for t in model.graph.initializer}
+    split = next(n for n in model.graph.node if n.op_type == "Split")
+    return onnx.numpy_helper.to_array(inits[split.input[1]]).tolist()
+
+
+@pytest.mark.parametrize("type_name", ["bam", "bam-window"])
+def test_dead_attention_dims_are_left_out_exactly(type_name: str) -> None:
+    """A bam-diagonal BAM uses 8 q/k dims and 25 v dims of 32: the graph keeps only those."""
+    from edge_namm.train.subspace import bam_diagonal
+
+    sub = bam_diagonal(np.zeros(SCORERS["bam"].n_params))
+    theta = np.random.default_rng(3).normal(0.0, 0.5, sub.dims)
+    base = random_scorer(type_name, options={"window": 7} if type_name == "bam-window" else None)
+    sc = base.with_params(sub.embed(theta))
+    model = build_onnx_model(sc, block_elems=1)
+    assert _split_sizes(model) == [8, 8, 25]
+    x = raw_features(3, 150, seed=5)
+    got = OnnxScorer(model.SerializeToString(), "cpu").score(x)
+    np.testing.assert_allclose(got, sc.score(x), rtol=1e-4, atol=1e-4)
+    # a dense BAM keeps every dim, an all-zero one a single (zero) dim of each
+    assert _split_sizes(build_onnx_model(random_scorer(type_name))) == [32, 32, 32]
+    assert _split_sizes(build_onnx_model(zero_scorer(type_name))) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("window, rows, want", [(64, 90, 64), (5, 3, 64), (256, 90, 203)])
+def test_window_blocks_stay_near_the_window(window: int, rows: int, want: int) -> None:
+    """Blocks much longer than the window compute logits the mask throws away."""
+    from edge_namm.scorers.bam import attn_block_size
+
+    assert attn_block_size(rows, 4096, window) == want
+    sc = random_scorer("bam-window", options={"window": window})
+    x = raw_features(rows, 300, seed=window)
+    np.testing.assert_allclose(ort_scorer(sc).score(x), sc.score(x), rtol=1e-4, atol=1e-4)

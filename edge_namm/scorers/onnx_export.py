@@ -22,7 +22,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .bam import D_ATTN, DEFAULT_BLOCK_ELEMS, MAX_BLOCK, MIN_BLOCK, BAMScorer, unpack_bam
+from .bam import (
+    D_ATTN,
+    DEFAULT_BLOCK_ELEMS,
+    MAX_BLOCK,
+    MIN_BLOCK,
+    BAMScorer,
+    unpack_bam,
+    window_block,
+)
 from .base import N_FEATURES, Scorer
 from .file import scorer_header
 from .mlp import LinearScorer, TwoLayerScorer, unpack_linear, unpack_two_layer
@@ -107,12 +115,36 @@ def _mlp_graph(g: _Graph, scorer: Scorer, x: str) -> str:
     return g.op("Squeeze", [out, _i64(g, [2], "axis2")], "score_sq")
 
 
+def live_attention_dims(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the q/k dims and of the v dims that can change BAM's output.
+
+    A q.k dim where either side is zero (weights and bias) adds nothing to any logit, and a v
+    dim that is zero or that ``W_o`` ignores adds nothing to the output, so the graph leaves
+    them out: exact, and a BAM trained in a subspace (``bam-diagonal`` uses 8 of 32 q/k dims)
+    runs its attention products at a fraction of the cost. At least one dim is kept of each
+    so that every MatMul has an inner dimension; a kept dead dim contributes zeros.
+    """
+    w, b = p["W_qkv"], p["b_qkv"]
+
+    def live(part: int) -> np.ndarray:
+        cols = slice(part * D_ATTN, (part + 1) * D_ATTN)
+        return np.any(w[:, cols] != 0, axis=0) | (b[cols] != 0)
+
+    qk = np.flatnonzero(live(0) & live(1))
+    vo = np.flatnonzero(live(2) & np.any(p["W_o"] != 0, axis=1))
+    keep_one = np.zeros(1, np.int64)
+    return (qk if qk.size else keep_one), (vo if vo.size else keep_one)
+
+
 def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
     """Emit BAM: qkv in the outer graph, attention + output head in a Loop over query blocks."""
     p = unpack_bam(scorer.params)
     window = scorer.window
-    qkv = _dense(g, z, p["W_qkv"], p["b_qkv"], "qkv")
-    q, k, v = g.op("Split", [qkv, _i64(g, [D_ATTN] * 3, "split")], "qkv_part", n_out=3, axis=2)
+    qk, vo = live_attention_dims(p)
+    cols = np.concatenate([qk, D_ATTN + qk, 2 * D_ATTN + vo])
+    qkv = _dense(g, z, p["W_qkv"][:, cols], p["b_qkv"][cols], "qkv")
+    split = _i64(g, [qk.size, qk.size, vo.size], "split")
+    q, k, v = g.op("Split", [qkv, split], "qkv_part", n_out=3, axis=2)
     q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D_ATTN), "scale")], "q")
     k_t = g.op("Transpose", [k], "k_t", perm=[0, 2, 1])
 
@@ -121,7 +153,7 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
     n = g.op("Gather", [shape, _i64(g, 1, "one")], "n", axis=0)
     idx = g.op("Range", [_i64(g, 0, "zero"), n, _i64(g, 1, "one")], "idx")
 
-    # Query block size: same rule as bam.attn_block_size, clamped to [MIN_BLOCK, MAX_BLOCK].
+    # Query block size: bam.attn_block_size's rule, clamped to [MIN_BLOCK, MAX_BLOCK].
     if window is None:
         denom = g.op("Max", [g.op("Mul", [rows, n]), _i64(g, 1, "one")])
         block = g.op("Div", [_i64(g, block_elems, "budget"), denom], "block_raw")
@@ -136,7 +168,8 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
                 g.const(2.0, "two", np.float64),
             ],
         )
-        block = g.op("Cast", [g.op("Floor", [half])], "block_raw", to=TensorProto.INT64)
+        block = g.op("Cast", [g.op("Floor", [half])], "block_root", to=TensorProto.INT64)
+        block = g.op("Min", [block, _i64(g, window_block(window), "wblock")], "block_raw")
     block = g.op(
         "Min",
         [g.op("Max", [block, _i64(g, MIN_BLOCK, "bmin")]), _i64(g, MAX_BLOCK, "bmax")],
@@ -179,7 +212,7 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
     bias = b.op("Where", [allowed, b.const(0.0, "zero_f"), b.const(-np.inf, "neg_inf")], "bias")
     s = b.op("Add", [s, bias], "s_masked")
     attn = b.op("MatMul", [b.op("Softmax", [s], "p", axis=-1), vb], "attn")
-    y = _dense(b, attn, p["W_o"], p["b_o"], "y")
+    y = _dense(b, attn, p["W_o"][vo], p["b_o"], "y")
     res, mult = b.op(
         "Split", [y, _i64(b, [N_FEATURES, N_FEATURES], "split")], "y_part", n_out=2, axis=2
     )
