@@ -4,7 +4,8 @@ The graph takes RAW features ``features`` float32 [R, N, 25] (R and N dynamic) a
 ``scores`` float32 [R, N]; the frozen normalisation is baked in as constants. For BAM the
 backward (and window) mask is built inside the graph from Range ops, and attention runs in a
 Loop over query blocks (``bam.attn_block_size``) so the N x N
-matrix is never materialised: at N = 8192 and R = 90 it would take 24 GB.
+matrix is never materialised: at N = 8192 and R = 90 it would take 24 GB. Attention dims that
+cannot change the output are left out (``live_attention_dims``).
 
 The scorer-file header (format, version, type, n_params, options, aggregation, normalization,
 features, provenance) is stored in the model's metadata_props, JSON-encoded where structured.
