@@ -91,11 +91,12 @@ def _score_head(g: _Graph, h: str, w: np.ndarray, b: np.ndarray) -> str:
     return g.op("Squeeze", [_dense(g, h, w, b, "score"), _i64(g, [2], "axis2")], "score_sq")
 
 
-def _mlp_graph(g: _Graph, scorer: Scorer, x: str) -> str:
-    """Per-cell scorers with the normalisation folded into the weights.
+def _folding(scorer: Scorer) -> Any:
+    """``fold(W, b)``: a dense layer on normalised features rewritten to read raw ones.
 
     With z = (x - shift) / div = x * a + c: z @ W + b = x @ (a[:, None] * W) + (c @ W + b).
-    ORT's broadcast Sub/Div over a trailing dim of 25 cost more than the MatMul itself.
+    ORT's broadcast Sub/Div over a trailing dim of 25 cost more than the MatMul itself, and for
+    BAM a normalised copy of every feature would be the graph's largest buffer.
     """
     shift, div = (v.astype(np.float64) for v in scorer.norm_vectors())
     a, c = 1.0 / div, -shift / div
@@ -104,6 +105,12 @@ def _mlp_graph(g: _Graph, scorer: Scorer, x: str) -> str:
         w = w.astype(np.float64)
         return (a[:, None] * w).astype(np.float32), (c @ w + b).astype(np.float32)
 
+    return fold
+
+
+def _mlp_graph(g: _Graph, scorer: Scorer, x: str) -> str:
+    """Per-cell scorers with the normalisation folded into the weights (``_folding``)."""
+    fold = _folding(scorer)
     if isinstance(scorer, LinearScorer):
         w, b = unpack_linear(scorer.params)
         return _score_head(g, x, *fold(w, b))
@@ -137,19 +144,22 @@ def live_attention_dims(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     return (qk if qk.size else keep_one), (vo if vo.size else keep_one)
 
 
-def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
-    """Emit BAM: qkv in the outer graph, attention + output head in a Loop over query blocks."""
+def _bam_graph(g: _Graph, scorer: BAMScorer, x: str, block_elems: int) -> str:
+    """Emit BAM: q, k, v in the outer graph, straight from the raw features ``x`` (normalisation
+    and the 1/sqrt(d) scale folded in); attention + output head in a Loop over query blocks,
+    which normalises only its own block of features for the gate."""
     p = unpack_bam(scorer.params)
     window = scorer.window
     qk, vo = live_attention_dims(p)
-    cols = np.concatenate([qk, D_ATTN + qk, 2 * D_ATTN + vo])
-    qkv = _dense(g, z, p["W_qkv"][:, cols], p["b_qkv"][cols], "qkv")
-    split = _i64(g, [qk.size, qk.size, vo.size], "split")
-    q, k, v = g.op("Split", [qkv, split], "qkv_part", n_out=3, axis=2)
-    q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D_ATTN), "scale")], "q")
+    fold = _folding(scorer)
+    w, bias = p["W_qkv"].astype(np.float64), p["b_qkv"].astype(np.float64)
+    scale = 1.0 / math.sqrt(D_ATTN)
+    q = _dense(g, x, *fold(w[:, qk] * scale, bias[qk] * scale), "q")
+    k = _dense(g, x, *fold(w[:, D_ATTN + qk], bias[D_ATTN + qk]), "k")
+    v = _dense(g, x, *fold(w[:, 2 * D_ATTN + vo], bias[2 * D_ATTN + vo]), "v")
     k_t = g.op("Transpose", [k], "k_t", perm=[0, 2, 1])
 
-    shape = g.op("Shape", [z])
+    shape = g.op("Shape", [x])
     rows = g.op("Gather", [shape, _i64(g, 0, "zero")], "rows", axis=0)  # scalar int64
     n = g.op("Gather", [shape, _i64(g, 1, "one")], "n", axis=0)
     idx = g.op("Range", [_i64(g, 0, "zero"), n, _i64(g, 1, "one")], "idx")
@@ -198,7 +208,7 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, z: str, block_elems: int) -> str:
     axis1 = _i64(b, [1], "axis1")
     axis0 = _i64(b, [0], "axis0")
     qb = b.op("Slice", [q, i0, i1, axis1], "qb")
-    zb = b.op("Slice", [z, i0, i1, axis1], "zb")
+    zb = _normalize(b, scorer, b.op("Slice", [x, i0, i1, axis1], "xb"))
     ktb = b.op("Slice", [k_t, i0, k1, _i64(b, [2], "axis2")], "ktb")
     vb = b.op("Slice", [v, i0, k1, axis1], "vb")
     s = b.op("MatMul", [qb, ktb], "s")  # [R, Bq, Bk]
@@ -253,7 +263,7 @@ def build_onnx_model(
         )
     g = _Graph("")
     if isinstance(scorer, BAMScorer):
-        raw = _bam_graph(g, scorer, _normalize(g, scorer, INPUT_NAME), block_elems)
+        raw = _bam_graph(g, scorer, INPUT_NAME, block_elems)
     elif isinstance(scorer, (LinearScorer, TwoLayerScorer)):
         raw = _mlp_graph(g, scorer, INPUT_NAME)
     else:
