@@ -48,6 +48,8 @@ def _config(model_path: str, **kw) -> TrainConfig:
         (dict(scorer_type="transformer"), "unknown scorer type"),
         (dict(subspace="bam-diagonal"), "is for BAM scorers"),
         (dict(scorer_type="bam", subspace="tiny"), "unknown subspace 'tiny'"),
+        (dict(scorer_type="bam", window=64), "--window is for --scorer-type bam-window"),
+        (dict(scorer_type="bam-window", window=-1), "--window must be >= 0"),
     ],
 )
 def test_bad_configs_are_refused(kw, message):
@@ -158,6 +160,27 @@ def test_task_ratio_rewards_lower_perplexity():
     assert task_ratio([30.0], [40.0], lower_is_better=True) == pytest.approx(40 / 30)
     assert task_ratio([50.0], [40.0], lower_is_better=True) < 1.0
     assert task_ratio([0.5], [0.0]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "name, window, want",
+    [
+        ("namm-bam-smollm2-135m.json", None, 256),  # a full BAM: bam-window's default
+        ("namm-bam-w64-smollm2-135m.json", None, 64),  # a bam-window keeps its window
+        ("namm-bam-w64-smollm2-135m.json", 16, 16),  # unless --window says otherwise
+    ],
+)
+def test_bam_window_starts_from_either_bam_type(tmp_path, name, window, want):
+    from pathlib import Path
+
+    from edge_namm.scorers import load_scorer
+
+    src = Path(__file__).parents[1] / "models" / name
+    cfg = _config("unused.gguf", scorer_type="bam-window", init_scorer=str(src), window=window)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    tr.state = tr._init_state()
+    np.testing.assert_allclose(tr.state.optimizer.mean, load_scorer(src).params)
+    assert tr.base_scorer().window == want
 
 
 @pytest.mark.slow

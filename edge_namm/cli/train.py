@@ -131,7 +131,7 @@ def parse_lengths(text: str) -> list[int]:
     type=click.Path(dir_okay=False, exists=True),
     default=None,
     help="Start from this scorer file (parameters and normalisation) instead of 0; a BAM "
-    "may start from an mlp (linear) scorer, which it contains.",
+    "may start from an mlp (linear) scorer, which it contains, or from either BAM type.",
 )
 @click.option(
     "--subspace",
@@ -140,6 +140,13 @@ def parse_lengths(text: str) -> list[int]:
     show_default=True,
     help="Coordinates CMA-ES searches. bam-diagonal: 84 of BAM's 4,172 (an age kernel for its "
     "attention, per-feature residuals and gates, the score head); the rest stay fixed.",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=None,
+    help="bam-window only: newer cells each cell attends to (default: the --init-scorer's "
+    "window, else 256).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -182,6 +189,7 @@ def train(
     optimizer,
     init_scorer,
     subspace,
+    window,
     seed,
     out_dir,
     save,
@@ -225,6 +233,7 @@ def train(
         optimizer=optimizer,
         init_scorer=init_scorer,
         subspace=subspace,
+        window=window,
         llama_kwargs=llama_kwargs,
         command="edge-namm train " + " ".join(shlex.quote(a) for a in sys.argv[1:][1:])
         if len(sys.argv) > 1 and sys.argv[1] == "train"

@@ -75,6 +75,7 @@ class TrainConfig:
     optimizer: str = "auto"  # sep | full | auto (sep for BAM, full CMA for the MLPs)
     init_scorer: str | None = None  # start from this scorer's parameters and normalisation
     subspace: str = "full"  # "full" or a name in SUBSPACES: the coordinates CMA-ES searches
+    window: int | None = None  # bam-window only: newer cells attended (None: the init's or 256)
     aggregation: str = "mean"
     mode: str = "after"
     llama_kwargs: dict = field(default_factory=dict)
@@ -91,6 +92,13 @@ class TrainConfig:
     @property
     def all_tasks(self) -> list[str]:
         return list(dict.fromkeys(t for stage in self.stages for t in stage))
+
+    @property
+    def scorer_options(self) -> dict:
+        """Options of the evolved scorer (bam-window's window when one is set)."""
+        if self.scorer_type == "bam-window" and self.window is not None:
+            return {"window": self.window}
+        return {}
 
     def optimizer_kind(self) -> str:
         if self.optimizer != "auto":
@@ -154,6 +162,12 @@ class TrainConfig:
                 f"subspace {self.subspace!r} is for BAM scorers; a {self.scorer_type!r} scorer "
                 "is small enough to search in full (--subspace full)"
             )
+        if self.window is not None and self.scorer_type != "bam-window":
+            raise TrainConfigError(
+                f"--window is for --scorer-type bam-window, not {self.scorer_type!r}"
+            )
+        if self.window is not None and self.window < 0:
+            raise TrainConfigError(f"--window must be >= 0 newer cells, got {self.window}")
         if self.optimizer not in ("auto", "sep", "full"):
             raise TrainConfigError(f"optimizer must be auto, sep or full, got {self.optimizer!r}")
         if not self.budgets:
@@ -351,6 +365,7 @@ class Trainer:
             st.norm_mean,
             st.norm_std,
             aggregation=self.config.aggregation,
+            options=self.config.scorer_options,
         )
 
     def recordings(self, tasks: Sequence[str]) -> list:
@@ -409,15 +424,18 @@ class Trainer:
         n = SCORERS[cfg.scorer_type].n_params
         if cfg.init_scorer:
             init = load_scorer(cfg.init_scorer)
-            if init.type_name == cfg.scorer_type:
-                start = np.asarray(init.params, dtype=np.float64)
+            bams = ("bam", "bam-window")
+            if init.type_name == cfg.scorer_type or {init.type_name, cfg.scorer_type} <= set(bams):
+                start = np.asarray(init.params, dtype=np.float64)  # BAM and bam-window share them
+                if init.type_name == "bam-window" == cfg.scorer_type and cfg.window is None:
+                    cfg.window = int(init.options["window"])  # keep the init's window
             elif init.type_name == "mlp" and cfg.scorer_type.startswith("bam"):
                 start = bam_params_from_linear(init.params)  # the same scores, as a BAM
             else:
                 raise TrainConfigError(
                     f"--init-scorer is a {init.type_name!r} scorer but --scorer-type is "
-                    f"{cfg.scorer_type!r} (a BAM can start from an 'mlp' linear scorer; "
-                    "otherwise the types must match)"
+                    f"{cfg.scorer_type!r} (a BAM can start from an 'mlp' linear scorer or "
+                    "from either BAM type; otherwise the types must match)"
                 )
             mean, std = np.asarray(init.norm_mean), np.asarray(init.norm_std)
             source = f"from {cfg.init_scorer}"
