@@ -152,11 +152,11 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, x: str, block_elems: int) -> str:
     window = scorer.window
     qk, vo = live_attention_dims(p)
     fold = _folding(scorer)
-    w, bias = p["W_qkv"].astype(np.float64), p["b_qkv"].astype(np.float64)
+    w_qkv, b_qkv = p["W_qkv"].astype(np.float64), p["b_qkv"].astype(np.float64)
     scale = 1.0 / math.sqrt(D_ATTN)
-    q = _dense(g, x, *fold(w[:, qk] * scale, bias[qk] * scale), "q")
-    k = _dense(g, x, *fold(w[:, D_ATTN + qk], bias[D_ATTN + qk]), "k")
-    v = _dense(g, x, *fold(w[:, 2 * D_ATTN + vo], bias[2 * D_ATTN + vo]), "v")
+    q = _dense(g, x, *fold(w_qkv[:, qk] * scale, b_qkv[qk] * scale), "q")
+    k = _dense(g, x, *fold(w_qkv[:, D_ATTN + qk], b_qkv[D_ATTN + qk]), "k")
+    v = _dense(g, x, *fold(w_qkv[:, 2 * D_ATTN + vo], b_qkv[2 * D_ATTN + vo]), "v")
     k_t = g.op("Transpose", [k], "k_t", perm=[0, 2, 1])
 
     shape = g.op("Shape", [x])
