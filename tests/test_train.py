@@ -176,11 +176,19 @@ def test_bam_window_starts_from_either_bam_type(tmp_path, name, window, want):
     from edge_namm.scorers import load_scorer
 
     src = Path(__file__).parents[1] / "models" / name
-    cfg = _config("unused.gguf", scorer_type="bam-window", init_scorer=str(src), window=window)
-    tr = Trainer(cfg, tmp_path / "run", progress=False)
-    tr.state = tr._init_state()
-    np.testing.assert_allclose(tr.state.optimizer.mean, load_scorer(src).params)
-    assert tr.base_scorer().window == want
+    for subspace in ("full", "bam-diagonal"):  # the shipped BAMs lie in bam-diagonal
+        cfg = _config(
+            "unused.gguf",
+            scorer_type="bam-window",
+            init_scorer=str(src),
+            window=window,
+            subspace=subspace,
+        )
+        tr = Trainer(cfg, tmp_path / subspace, progress=False)
+        tr.state = tr._init_state()
+        start = tr.params_of(tr.state.optimizer.mean)
+        np.testing.assert_allclose(start, load_scorer(src).params, rtol=1e-6)
+        assert tr.base_scorer().window == want
 
 
 @pytest.mark.slow
