@@ -245,8 +245,13 @@ def test_graph_helper_names_unique() -> None:
 
 
 def _split_sizes(model) -> list[int]:
-    """Widths of the q, k and v projections of an exported BAM graph."""
-    widths = {t.name.split("_W_")[0]: t.dims[1] for t in model.graph.initializer if "_W_" in t.name}
+    """Widths of the q, k and v projections of an exported BAM graph (outer graph or Loop body)."""
+    inits = list(model.graph.initializer)
+    for node in model.graph.node:
+        inits += [t for a in node.attribute if a.g.name for t in a.g.initializer]
+    widths = {
+        t.name.removeprefix("body_").split("_W_")[0]: t.dims[1] for t in inits if "_W_" in t.name
+    }
     return [widths["q"], widths["k"], widths["v"]]
 
 
@@ -278,3 +283,11 @@ def test_window_blocks_stay_near_the_window(window: int, rows: int, want: int) -
     sc = random_scorer("bam-window", options={"window": window})
     x = raw_features(rows, 300, seed=window)
     np.testing.assert_allclose(ort_scorer(sc).score(x), sc.score(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("type_name", ["bam", "bam-window"])
+def test_bam_window_projects_keys_per_block(type_name: str) -> None:
+    """bam-window holds no [R, N, dims] k/v buffers: its projections all run inside the Loop."""
+    model = build_onnx_model(random_scorer(type_name))
+    outer_matmuls = sum(n.op_type == "MatMul" for n in model.graph.node)
+    assert outer_matmuls == (2 if type_name == "bam" else 0)

@@ -145,19 +145,30 @@ def live_attention_dims(p: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 
 
 def _bam_graph(g: _Graph, scorer: BAMScorer, x: str, block_elems: int) -> str:
-    """Emit BAM: q, k, v in the outer graph, straight from the raw features ``x`` (normalisation
-    and the 1/sqrt(d) scale folded in); attention + output head in a Loop over query blocks,
-    which normalises only its own block of features for the gate."""
+    """Emit BAM as a Loop over query blocks: attention + output head per block, reading the raw
+    features ``x`` (normalisation and the 1/sqrt(d) scale folded into q, k and v).
+
+    q is computed per block (each cell once). k and v are too for ``bam-window``, whose blocks
+    read only ``window`` cells past their end: projecting all N cells up front would hold
+    [R, N, dims] buffers, the largest of the graph (~40 MiB at 2,560 cells and 90 rows). Full
+    BAM reads every newer cell in every block, so it projects k and v once, outside the Loop.
+    """
     p = unpack_bam(scorer.params)
     window = scorer.window
     qk, vo = live_attention_dims(p)
     fold = _folding(scorer)
     w_qkv, b_qkv = p["W_qkv"].astype(np.float64), p["b_qkv"].astype(np.float64)
     scale = 1.0 / math.sqrt(D_ATTN)
-    q = _dense(g, x, *fold(w_qkv[:, qk] * scale, b_qkv[qk] * scale), "q")
-    k = _dense(g, x, *fold(w_qkv[:, D_ATTN + qk], b_qkv[D_ATTN + qk]), "k")
-    v = _dense(g, x, *fold(w_qkv[:, 2 * D_ATTN + vo], b_qkv[2 * D_ATTN + vo]), "v")
-    k_t = g.op("Transpose", [k], "k_t", perm=[0, 2, 1])
+    q_fold = fold(w_qkv[:, qk] * scale, b_qkv[qk] * scale)
+    k_fold = fold(w_qkv[:, D_ATTN + qk], b_qkv[D_ATTN + qk])
+    v_fold = fold(w_qkv[:, 2 * D_ATTN + vo], b_qkv[2 * D_ATTN + vo])
+
+    def keys_values(graph: _Graph, xs: str) -> tuple[str, str]:
+        k_t = graph.op("Transpose", [_dense(graph, xs, *k_fold, "k")], "k_t", perm=[0, 2, 1])
+        return k_t, _dense(graph, xs, *v_fold, "v")
+
+    if window is None:
+        k_t, v = keys_values(g, x)
 
     shape = g.op("Shape", [x])
     rows = g.op("Gather", [shape, _i64(g, 0, "zero")], "rows", axis=0)  # scalar int64
@@ -207,10 +218,14 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, x: str, block_elems: int) -> str:
     k1 = n_1d if window is None else b.op("Add", [i1, _i64(b, [window], "win")], "k1")
     axis1 = _i64(b, [1], "axis1")
     axis0 = _i64(b, [0], "axis0")
-    qb = b.op("Slice", [q, i0, i1, axis1], "qb")
-    zb = _normalize(b, scorer, b.op("Slice", [x, i0, i1, axis1], "xb"))
-    ktb = b.op("Slice", [k_t, i0, k1, _i64(b, [2], "axis2")], "ktb")
-    vb = b.op("Slice", [v, i0, k1, axis1], "vb")
+    xb = b.op("Slice", [x, i0, i1, axis1], "xb")
+    qb = _dense(b, xb, *q_fold, "q")
+    zb = _normalize(b, scorer, xb)
+    if window is None:
+        ktb = b.op("Slice", [k_t, i0, k1, _i64(b, [2], "axis2")], "ktb")
+        vb = b.op("Slice", [v, i0, k1, axis1], "vb")
+    else:
+        ktb, vb = keys_values(b, b.op("Slice", [x, i0, k1, axis1], "xkb"))
     s = b.op("MatMul", [qb, ktb], "s")  # [R, Bq, Bk]
     qi = b.op("Unsqueeze", [b.op("Slice", [idx, i0, i1, axis0]), _i64(b, [1], "ax1")], "qi")
     kj = b.op("Unsqueeze", [b.op("Slice", [idx, i0, k1, axis0]), _i64(b, [0], "ax0")], "kj")

@@ -84,12 +84,15 @@ def session_options(intra_op_threads: int | None = None) -> Any:
 
     Memory patterns are off: ORT plans one per input shape, and the cell count changes at every
     memory update, so the plans only pile up (a BAM scoring 1-1.5k cells: +267 -> +153 MiB of
-    RSS, same speed; no change for linear scorers).
+    RSS, same speed; no change for linear scorers). The CPU arena is off too: it grows by
+    doubling and never shrinks, so a BAM's per-block buffers left ~70 MiB more peak RSS than
+    plain malloc at 1-2.5k cells, again at the same speed (benchmarks/bench_engine.py).
     """
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.enable_mem_pattern = False
+    so.enable_cpu_mem_arena = False
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(intra_op_threads or os.cpu_count() or 1)
     so.inter_op_num_threads = 1
