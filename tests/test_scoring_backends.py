@@ -7,7 +7,7 @@ import pytest
 
 from edge_namm.engine import NammLlama
 from edge_namm.scorers import zero_scorer
-from edge_namm.scorers.default import default_scorer_path
+from edge_namm.scorers.default import MODELS_DIR, default_scorer_path
 from edge_namm.scorers.file import load_scorer
 
 
@@ -39,12 +39,16 @@ def _random_bam_window():
     )
 
 
-@pytest.mark.parametrize("which", ["default", "bam-window"])
+@pytest.mark.parametrize("which", ["default", "linear", "random-bam-window"])
 def test_same_evictions_with_onnx_and_numpy(model_path, which):
     from edge_namm.tasks.haystack import Haystack
 
     text = " ".join(Haystack.default().sentences[200:500])
-    scorer = load_scorer(default_scorer_path()) if which == "default" else _random_bam_window()
+    scorer = {
+        "default": lambda: load_scorer(default_scorer_path()),
+        "linear": lambda: load_scorer(MODELS_DIR / "namm-mlp-2budget-smollm2-135m.json"),
+        "random-bam-window": _random_bam_window,
+    }[which]()
     onnx_log = _evictions(model_path, scorer, "onnx", text)
     numpy_log = _evictions(model_path, scorer, "numpy", text)
     assert sum(map(len, onnx_log)) > 0

@@ -85,8 +85,8 @@ def session_options(intra_op_threads: int | None = None) -> Any:
     Memory patterns are off: ORT plans one per input shape, and the cell count changes at every
     memory update, so the plans only pile up (a BAM scoring 1-1.5k cells: +267 -> +153 MiB of
     RSS, same speed; no change for linear scorers). The CPU arena is off too: it grows by
-    doubling and never shrinks, so a BAM's per-block buffers left ~70 MiB more peak RSS than
-    plain malloc at 1-2.5k cells, again at the same speed (benchmarks/bench_engine.py).
+    doubling and keeps what it took (a windowed BAM scoring 1-2.5k cells kept +87 MiB with it,
+    +27 MiB without; same speed, and no measurable change in the engine's peak RSS).
     """
     ort = _ort()
     so = ort.SessionOptions()
