@@ -26,6 +26,8 @@ from pathlib import Path
 
 from common import default_model, machine
 
+from edge_namm.scorers.default import default_scorer_path
+
 
 def child(cfg: dict) -> dict:
     import llama_cpp
@@ -102,6 +104,9 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     print(f"machine: {machine()}")
+    # Resolved once, so that every round's `namm` row runs the same file.
+    default_scorer = str(default_scorer_path())
+    print(f"default scorer (the `namm` row): {default_scorer}")
     print(
         "| input | config | cells | prefill tok/s | decode tok/s | total s | vs plain "
         "| peak RSS MiB | NAMM share |"
@@ -123,7 +128,7 @@ def main() -> None:
                     interval=args.interval,
                     threads=args.threads,
                     budget=budget if kind.startswith("namm") else length + args.decode + args.chunk,
-                    scorer=scorers.get(kind),
+                    scorer=default_scorer if kind == "namm" else scorers.get(kind),
                 )
                 res = subprocess.run(
                     [sys.executable, __file__, "--child", json.dumps(cfg)],
