@@ -225,6 +225,20 @@ def test_tiny_training_run_checkpoints_resumes_and_ships(model_path, tmp_path):
     assert loaded.provenance["generations"] == 2 and loaded.provenance["seed"] == 3
     assert np.all(loaded.norm_std > 0)  # normalisation estimated from the recordings
 
+    # a finished run takes more generations of its last phase, but never of an earlier one
+    with pytest.raises(TrainConfigError, match="moved past stage 1's offline phase"):
+        Trainer(_config(model_path, offline_generations=2), out, resume=True, progress=False)
+    extended = Trainer(
+        _config(model_path, online_generations=2),
+        out,
+        resume=True,
+        progress=False,
+        echo=lambda _m: None,
+    )
+    extended.run()
+    assert [r["phase"] for r in extended.state.log] == ["offline", "online", "online"]
+    assert load_scorer(out / SCORER_FILE).provenance["generations"] == 3
+
 
 def test_bam_starts_from_a_linear_scorer(tmp_path):
     """--init-scorer with an mlp file and --scorer-type bam: the start is that linear scorer."""

@@ -258,6 +258,31 @@ def schedule(config: TrainConfig) -> list[tuple[int, str, int]]:
     return steps
 
 
+def resume_position(steps: list[tuple[int, str, int]], log: list[dict]) -> tuple[int, int]:
+    """(step, generations done in it) at which a resumed run goes on, from the per-generation log.
+
+    Counting from the log (not the stored position) is what lets ``--resume`` with more
+    generations extend a finished run. A run only moves forward: a step that already has
+    generations after it cannot take more, and asking for that is refused.
+    """
+    done = [
+        sum(1 for row in log if row["stage"] == stage + 1 and row["phase"] == phase)
+        for stage, phase, _ in steps
+    ]
+    last = max((i for i, d in enumerate(done) if d), default=-1)
+    for i in range(last):
+        stage, phase, n_gens = steps[i]
+        if n_gens > done[i]:
+            raise TrainConfigError(
+                f"--resume: the run has moved past stage {stage + 1}'s {phase} phase "
+                f"({done[i]} generations), so it cannot take {n_gens}: extend the last phase "
+                f"that ran ({steps[last][1]}) or add a stage"
+            )
+    if last >= 0 and done[last] < steps[last][2]:
+        return last, done[last]
+    return last + 1, 0
+
+
 def make_optimizer(
     config: TrainConfig,
     mean: np.ndarray,
@@ -321,6 +346,7 @@ class Trainer:
             stored.stages = config.stages
             stored.validate()
             self.config = stored
+            self.state.step, self.state.step_gen = resume_position(schedule(stored), self.state.log)
         else:
             config.validate()
             if ckpt.is_file():
