@@ -239,6 +239,43 @@ def test_tiny_training_run_checkpoints_resumes_and_ships(model_path, tmp_path):
     assert [r["phase"] for r in extended.state.log] == ["offline", "online", "online"]
     assert load_scorer(out / SCORER_FILE).provenance["generations"] == 3
 
+    # resuming is exact: the same means as one uninterrupted run of all three generations
+    straight = Trainer(
+        _config(model_path, online_generations=2),
+        tmp_path / "straight",
+        progress=False,
+        echo=lambda _m: None,
+    )
+    straight.run()
+    for a, b in zip(straight.state.log, extended.state.log, strict=True):
+        assert a["fitness_mean"] == b["fitness_mean"] and a["sigma"] == b["sigma"]
+    np.testing.assert_array_equal(straight.state.optimizer.mean, extended.state.optimizer.mean)
+
+
+def test_checkpoint_restores_the_optimizer_exactly(tmp_path):
+    """cmaes' pickling drops its RNG; the checkpoint keeps it, so resumed candidates match."""
+    import pickle
+    from pathlib import Path
+
+    src = Path(__file__).parents[1] / "models" / "placeholder-mlp-handset.json"
+    trainer = Trainer(
+        _config("unused.gguf", init_scorer=str(src)), tmp_path / "run", progress=False
+    )
+    trainer.state = trainer._init_state()
+    opt = trainer.state.optimizer
+    sols = [opt.ask() for _ in range(opt.population_size)]
+    opt.tell([(x, float(np.sum(x**2))) for x in sols])  # a non-isotropic covariance
+    trainer.save_checkpoint()
+    expected = [opt.ask() for _ in range(3)]
+    loaded = Trainer._load(tmp_path / "run" / CHECKPOINT)
+    np.testing.assert_array_equal([loaded.optimizer.ask() for _ in range(3)], expected)
+
+    # a checkpoint of before held the optimizer as cmaes pickles it: still loads, with a warning
+    state = type(loaded).__new__(type(loaded))
+    with pytest.warns(UserWarning, match="predates exact optimizer snapshots"):
+        state.__setstate__(dict(loaded.__dict__, optimizer=pickle.loads(pickle.dumps(opt))))
+    assert state.optimizer.population_size == opt.population_size
+
 
 def test_bam_starts_from_a_linear_scorer(tmp_path):
     """--init-scorer with an mlp file and --scorer-type bam: the start is that linear scorer."""

@@ -22,6 +22,7 @@ import pickle
 import platform
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +248,32 @@ class TrainState:
     full_scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    # cmaes' own pickling drops the sampling RNG (reseeded from the OS on load) and rebuilds the
+    # covariance from its upper triangle, which can turn the eigenbasis of a near-isotropic C:
+    # either way a resumed run would draw other candidates than an uninterrupted one. The
+    # checkpoint therefore stores the optimizer's attributes exactly, bypassing that pickling.
+    def __getstate__(self) -> dict:
+        attrs = dict(self.__dict__)
+        opt = attrs["optimizer"]
+        attrs["optimizer"] = (type(opt), dict(opt.__dict__))
+        return attrs
+
+    def __setstate__(self, attrs: dict) -> None:
+        opt = attrs["optimizer"]
+        if isinstance(opt, tuple):
+            cls, opt_attrs = opt
+            opt = cls.__new__(cls)
+            opt.__dict__.update(opt_attrs)
+        else:  # a checkpoint written before: resumable, but not candidate for candidate
+            warnings.warn(
+                "this checkpoint predates exact optimizer snapshots: the resumed run goes on "
+                "from the same mean and step size but samples other candidates than an "
+                "uninterrupted run would",
+                stacklevel=2,
+            )
+        attrs["optimizer"] = opt
+        self.__dict__.update(attrs)
 
 
 def schedule(config: TrainConfig) -> list[tuple[int, str, int]]:
