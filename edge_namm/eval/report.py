@@ -317,6 +317,23 @@ def _pyplot():
     return plt
 
 
+_MARKERS = "osD^v<>Ph*Xd"
+
+
+def _style(i: int) -> dict:
+    """Line style of the i-th policy, the same in every plot. Distinct for 20 policies: the
+    dark tab20 hues first, then the light ones dashed (tab10 repeats its colours after 10)."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    light = (i // 10) % 2
+    return {
+        "color": colors[(2 * i + light) % 20],
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "linestyle": "--" if light else "-",
+    }
+
+
 def plot_score_vs_budget(summary: Summary, path: Path) -> None:
     plt = _pyplot()
     budgets = [b for b in summary.budgets if b != FULL_BUDGET]
@@ -326,7 +343,7 @@ def plot_score_vs_budget(summary: Summary, path: Path) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
     x = list(range(len(budgets)))
     for ax, task in zip(axes.flat, tasks, strict=False):
-        for policy in summary.policies:
+        for i, policy in enumerate(summary.policies):
             if policy == "full":
                 full = summary.score("full", FULL_BUDGET, task)
                 if not math.isnan(full):
@@ -335,7 +352,7 @@ def plot_score_vs_budget(summary: Summary, path: Path) -> None:
             ys = [summary.score(policy, b, task) for b in budgets]
             if all(math.isnan(y) for y in ys):
                 continue
-            ax.plot(x, ys, marker="o", label=policy)
+            ax.plot(x, ys, label=policy, **_style(i))
         lower = summary.metric.get(task) in LOWER_IS_BETTER
         ax.set_title(f"{task} ({'perplexity, lower is better' if lower else 'score'})")
         ax.set_xticks(x, budgets)
@@ -346,31 +363,33 @@ def plot_score_vs_budget(summary: Summary, path: Path) -> None:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10) or 1, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=110)
+    fig.tight_layout()
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def plot_normalised(summary: Summary, path: Path) -> None:
     plt = _pyplot()
     budgets = [b for b in summary.budgets if b != FULL_BUDGET]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     x = list(range(len(budgets)))
-    for policy in summary.policies:
+    for i, policy in enumerate(summary.policies):
         if policy == "full":
             continue
         ys = [summary.normalised_mean(policy, b) for b in budgets]
         if not all(math.isnan(y) for y in ys):
-            ax.plot(x, ys, marker="o", label=policy)
+            ax.plot(x, ys, label=policy, **_style(i))
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="full")
     ax.set_xticks(x, budgets)
     ax.set_xlabel("budget")
     ax.set_ylabel("score / full-cache score (mean over tasks)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
