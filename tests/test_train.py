@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_namm.scorers.default import MODELS_DIR
 from edge_namm.train import TrainConfig, TrainConfigError, Trainer
 from edge_namm.train.record import Recording, context_importance, offline_fitness, prepare_z
 from edge_namm.train.trainer import CHECKPOINT, LOG_FILE, SCORER_FILE, training_samples
+
+PLACEHOLDER = MODELS_DIR / "placeholder-mlp-handset.json"
 
 
 def _config(model_path: str, **kw) -> TrainConfig:
@@ -171,11 +174,10 @@ def test_task_ratio_rewards_lower_perplexity():
     ],
 )
 def test_bam_window_starts_from_either_bam_type(tmp_path, name, window, want):
-    from pathlib import Path
 
     from edge_namm.scorers import load_scorer
 
-    src = Path(__file__).parents[1] / "models" / name
+    src = MODELS_DIR / name
     for subspace in ("full", "bam-diagonal"):  # the shipped BAMs lie in bam-diagonal
         cfg = _config(
             "unused.gguf",
@@ -255,11 +257,9 @@ def test_tiny_training_run_checkpoints_resumes_and_ships(model_path, tmp_path):
 def test_checkpoint_restores_the_optimizer_exactly(tmp_path):
     """cmaes' pickling drops its RNG; the checkpoint keeps it, so resumed candidates match."""
     import pickle
-    from pathlib import Path
 
-    src = Path(__file__).parents[1] / "models" / "placeholder-mlp-handset.json"
     trainer = Trainer(
-        _config("unused.gguf", init_scorer=str(src)), tmp_path / "run", progress=False
+        _config("unused.gguf", init_scorer=str(PLACEHOLDER)), tmp_path / "run", progress=False
     )
     trainer.state = trainer._init_state()
     opt = trainer.state.optimizer
@@ -279,18 +279,16 @@ def test_checkpoint_restores_the_optimizer_exactly(tmp_path):
 
 def test_bam_starts_from_a_linear_scorer(tmp_path):
     """--init-scorer with an mlp file and --scorer-type bam: the start is that linear scorer."""
-    from pathlib import Path
 
     from edge_namm.scorers import load_scorer
     from edge_namm.scorers.bam import bam_params_from_linear
 
-    src = Path(__file__).parents[1] / "models" / "placeholder-mlp-handset.json"
-    cfg = _config("unused.gguf", scorer_type="bam", init_scorer=str(src))
+    cfg = _config("unused.gguf", scorer_type="bam", init_scorer=str(PLACEHOLDER))
     state = Trainer(cfg, tmp_path / "run", progress=False)._init_state()
-    lin = load_scorer(src)
+    lin = load_scorer(PLACEHOLDER)
     np.testing.assert_allclose(state.optimizer.mean, bam_params_from_linear(lin.params))
     np.testing.assert_array_equal(state.norm_mean, lin.norm_mean)
-    cfg = _config("unused.gguf", scorer_type="mlp2", init_scorer=str(src))
+    cfg = _config("unused.gguf", scorer_type="mlp2", init_scorer=str(PLACEHOLDER))
     with pytest.raises(TrainConfigError, match="types must match"):
         Trainer(cfg, tmp_path / "b", progress=False)._init_state()
 
@@ -299,24 +297,22 @@ def test_bam_starts_from_a_linear_scorer(tmp_path):
 def test_a_subspace_run_moves_only_its_coordinates(model_path, tmp_path):
     """bam-diagonal: CMA-ES searches 84 coordinates; the shipped BAM keeps every other weight
     at the wiring, and starts from the linear scorer it was given."""
-    from pathlib import Path
 
     from edge_namm.scorers import load_scorer
     from edge_namm.scorers.bam import bam_params_from_linear
     from edge_namm.train.subspace import bam_diagonal
 
-    src = Path(__file__).parents[1] / "models" / "placeholder-mlp-handset.json"
     cfg = _config(
         model_path,
         scorer_type="bam",
         subspace="bam-diagonal",
-        init_scorer=str(src),
+        init_scorer=str(PLACEHOLDER),
         online_generations=0,
     )
     assert cfg.optimizer_kind() == "full"  # 84 dims: full covariance is affordable
     trainer = Trainer(cfg, tmp_path / "run", progress=False, echo=lambda _m: None)
     trainer.run()
-    sub = bam_diagonal(bam_params_from_linear(load_scorer(src).params))
+    sub = bam_diagonal(bam_params_from_linear(load_scorer(PLACEHOLDER).params))
     assert trainer.state.optimizer.mean.shape == (sub.dims,)
     shipped = load_scorer(tmp_path / "run" / SCORER_FILE)
     assert shipped.type_name == "bam"
