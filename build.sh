@@ -6,6 +6,11 @@
 #   ./build.sh --cuda     CUDA build   (CMAKE_ARGS=-DGGML_CUDA=on, needs nvcc)
 #   ./build.sh --metal    Metal build  (macOS)
 #   ./build.sh --cpu      force a CPU build
+#   ./build.sh --portable x86-64 CPU build with runtime dispatch: one libggml-cpu per CPU
+#                         generation (SSE4.2 .. AVX-512), the best is picked at load; for apps
+#                         that ship the library to other machines
+#   ./build.sh --amx      keep llama.cpp's Intel AMX matmul path (off by default: it crashes or
+#                         gives wrong results on Q4_0/Q4_1 models, llama.cpp #20824 / PR #16315)
 #
 # Environment: EDGE_NAMM_VENV (default .venv), EDGE_NAMM_BUILD_DIR (default .build),
 # PYTHON (interpreter used to create the venv, default python3), CMAKE_ARGS (extra flags).
@@ -24,13 +29,17 @@ die() { echo "build.sh: error: $*" >&2; exit 1; }
 step() { echo "==> $*"; }
 
 backend="auto"
+amx=0
+portable=0
 for arg in "$@"; do
     case "$arg" in
         --cuda) backend="cuda" ;;
         --metal) backend="metal" ;;
         --cpu) backend="cpu" ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-        *) die "unknown option '$arg' (valid: --cpu, --cuda, --metal)" ;;
+        --portable) portable=1 ;;
+        --amx) amx=1 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) die "unknown option '$arg' (valid: --cpu, --cuda, --metal, --portable, --amx)" ;;
     esac
 done
 
@@ -56,6 +65,37 @@ case "$backend" in
            BACKEND_ARGS="-DGGML_METAL=on" ;;
     *) BACKEND_ARGS="-DGGML_CUDA=off -DGGML_METAL=off" ;;
 esac
+
+# llama.cpp compiles its AMX matmul kernels whenever the compiler targets an AMX CPU, which
+# -march=native does on Sapphire Rapids and newer Xeons. Those kernels segfault in
+# ggml_backend_amx_mul_mat and give wrong Q4_0/Q4_1 results (llama.cpp #20824, PR #16315), so the
+# ISA extensions are switched off explicitly: GCC and Clang let an explicit -mno-* win over
+# -march=native whatever the order. Compilers too old to know the flags never emit AMX anyway.
+CPU_FLAGS=""
+case "$(uname -m)" in
+    x86_64|amd64|AMD64)
+        if [[ "$amx" == 1 ]]; then
+            echo "warning: --amx keeps llama.cpp's AMX path, known to crash (llama.cpp issue #20824)" \
+                 "and to give wrong results for Q4_0/Q4_1 (llama.cpp PR #16315)" >&2
+        else
+            cc_bin="$(command -v cc || command -v gcc || command -v clang || true)"
+            if [[ -n "$cc_bin" ]] && echo 'int main(void){return 0;}' \
+                | "$cc_bin" -x c -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -o /dev/null - 2>/dev/null; then
+                CPU_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+            fi
+        fi
+        if [[ "$portable" == 1 ]]; then
+            [[ "$backend" == "cpu" || "$backend" == "cuda" ]] || die "--portable is for x86-64 CPU/CUDA builds"
+            # GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS: one libggml-cpu-<variant>.so per CPU
+            # generation, scored at load time; our patch drops the AMX (sapphirerapids) variant.
+            BACKEND_ARGS="$BACKEND_ARGS -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON"
+            backend="$backend-portable"
+        fi ;;
+    *) [[ "$portable" == 0 ]] || die "--portable is for x86-64 (other CPUs build natively)" ;;
+esac
+if [[ -n "$CPU_FLAGS" ]]; then
+    BACKEND_ARGS="$BACKEND_ARGS -DCMAKE_C_FLAGS='$CPU_FLAGS' -DCMAKE_CXX_FLAGS='$CPU_FLAGS'"
+fi
 export CMAKE_ARGS="$BACKEND_ARGS -DLLAVA_BUILD=off ${CMAKE_ARGS:-}"
 
 # --- prerequisites -------------------------------------------------------------------------

@@ -9,9 +9,14 @@
 #include "ggml-backend.h"
 
 #include <algorithm>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#if !defined(_WIN32)
+#include <unistd.h>
+#endif
 
 struct edge_namm_capture {
     llama_context * ctx = nullptr;
@@ -25,9 +30,18 @@ struct edge_namm_capture {
     std::vector<int32_t> count;    // rows written so far, per layer
     std::vector<float> rows;       // [n_layer][n_head_kv][max_queries][n_cells]
     std::vector<float> staging;    // device -> host copy of one softmax tensor
+    bool want_rows = true;         // attention rows (policy features)
+    bool want_queries = false;     // queries (query-aware recall)
+    int32_t n_head = 0;
+    int32_t head_dim = 0;
+    std::vector<int32_t> q_count;  // query rows written so far, per layer
+    std::vector<float> q_rows;     // [n_layer][n_head][max_queries][head_dim], allocated on demand
+    std::vector<float> kq_scale;   // softmax scale per layer
+    std::vector<uint8_t> q_staging;
 };
 
 static const char * k_node_prefix = "kq_soft_max-";
+static const char * k_kq_prefix = "kq-";  // ggml_mul_mat(k, q): src[1] is the query the layer uses
 
 // The cell table edge-namm manages. A plain cache holds every layer; an iSWA cache (Gemma 2/3,
 // ...) keeps the sliding-window layers in a second, small cache that forgets on its own, so only
@@ -123,14 +137,70 @@ static void capture_softmax(edge_namm_capture * cap, ggml_tensor * t, int32_t la
     cap->count[il] = start + (int32_t) n_tok;
 }
 
+// Copies the query operand of one kq node (a permuted view [head_dim, n_tok, n_head, 1]).
+static void capture_queries(edge_namm_capture * cap, ggml_tensor * kq, int32_t layer) {
+    if (layer < 0 || layer >= (int32_t) cap->slot_of.size() || cap->q_rows.empty()) {
+        cap->overflow = true;
+        return;
+    }
+    const int32_t il = cap->slot_of[layer];
+    if (il < 0) {
+        return;
+    }
+    const ggml_tensor * q = kq->src[1];
+    const int64_t d = q->ne[0];
+    const int64_t n_tok = q->ne[1];
+    const int64_t n_head = q->ne[2];
+    const int32_t start = cap->q_count[il];
+    if (q->type != GGML_TYPE_F32 || d != cap->head_dim || n_head != cap->n_head || q->ne[3] != 1 ||
+        start + n_tok > cap->max_queries) {
+        cap->overflow = true;
+        return;
+    }
+    const uint8_t * base = (const uint8_t *) q->data;
+    if (!ggml_backend_buffer_is_host(q->buffer)) {
+        // the view's strides address its source tensor: bring that whole tensor over once
+        const ggml_tensor * src = q->view_src ? q->view_src : q;
+        cap->q_staging.resize(ggml_nbytes(src));
+        ggml_backend_tensor_get(const_cast<ggml_tensor *>(src), cap->q_staging.data(), 0, ggml_nbytes(src));
+        base = cap->q_staging.data() + (q->view_src ? q->view_offs : 0);
+    }
+    for (int64_t h = 0; h < n_head; ++h) {
+        for (int64_t i = 0; i < n_tok; ++i) {
+            float * dst = cap->q_rows.data() +
+                (((int64_t) il * cap->n_head + h) * cap->max_queries + start + i) * cap->head_dim;
+            const uint8_t * row = base + i * q->nb[1] + h * q->nb[2];
+            for (int64_t j = 0; j < d; ++j) {
+                dst[j] = *(const float *) (row + j * q->nb[0]);
+            }
+        }
+    }
+    cap->q_count[il] = start + (int32_t) n_tok;
+}
+
 static bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
+    auto * cap = (edge_namm_capture *) user_data;
     const size_t plen = std::strlen(k_node_prefix);
-    const bool wanted = std::strncmp(t->name, k_node_prefix, plen) == 0;
+    const size_t qlen = std::strlen(k_kq_prefix);
+    const bool softmax = std::strncmp(t->name, k_node_prefix, plen) == 0;
+    const bool kq = cap->want_queries && std::strncmp(t->name, k_kq_prefix, qlen) == 0;
+    // the softmax node is visited for its scale whenever queries are wanted
+    const bool wanted = (softmax && (cap->want_rows || cap->want_queries)) || kq;
     if (ask) {
         return wanted;
     }
-    if (wanted) {
-        capture_softmax((edge_namm_capture *) user_data, t, std::atoi(t->name + plen));
+    if (softmax) {
+        const int32_t layer = std::atoi(t->name + plen);
+        if (layer >= 0 && layer < (int32_t) cap->slot_of.size() && cap->slot_of[layer] >= 0) {
+            float scale;
+            std::memcpy(&scale, t->op_params, sizeof(float));
+            cap->kq_scale[cap->slot_of[layer]] = scale;
+        }
+        if (cap->want_rows) {
+            capture_softmax(cap, t, layer);
+        }
+    } else if (kq) {
+        capture_queries(cap, t, std::atoi(t->name + qlen));
     }
     return true;
 }
@@ -155,6 +225,14 @@ extern "C" edge_namm_capture * edge_namm_capture_new(llama_context * ctx, int32_
     cap->n_cells = (int32_t) managed_kv_cache(ctx)->get_size();
     cap->max_queries = max_queries;
     cap->count.assign(cap->n_layer, 0);
+    cap->q_count.assign(cap->n_layer, 0);
+    cap->kq_scale.assign(cap->n_layer, 0.0f);
+    cap->n_head = llama_model_n_head(model);
+    cap->head_dim = llama_model_n_embd(model) / std::max(1, cap->n_head);
+    if (cap->n_layer > 0) {  // a model may set the head size apart from n_embd / n_head
+        const int64_t k_width = managed_kv_cache(ctx)->get_k_storage(cap->layers[0])->ne[0];
+        cap->head_dim = (int32_t) (k_width / std::max(1, cap->n_head_kv));
+    }
     cap->rows.assign((size_t) cap->n_layer * cap->n_head_kv * max_queries * cap->n_cells, 0.0f);
     return cap;
 }
@@ -170,22 +248,51 @@ extern "C" void edge_namm_capture_arm(edge_namm_capture * cap, bool armed) {
 
 extern "C" float * edge_namm_capture_data(edge_namm_capture * cap) { return cap->rows.data(); }
 
-extern "C" int32_t edge_namm_capture_count(const edge_namm_capture * cap) {
-    if (cap->overflow) {
-        return -1;
+static int32_t common_count(const edge_namm_capture * cap, const std::vector<int32_t> & count) {
+    if (cap->overflow || count.empty()) {
+        return cap->overflow ? -1 : 0;
     }
-    const int32_t n = cap->count[0];
     for (int32_t il = 1; il < cap->n_layer; ++il) {
-        if (cap->count[il] != n) {
+        if (count[il] != count[0]) {
             return -1;
         }
     }
-    return n;
+    return count[0];
+}
+
+extern "C" int32_t edge_namm_capture_count(const edge_namm_capture * cap) {
+    return common_count(cap, cap->count);
 }
 
 extern "C" void edge_namm_capture_clear(edge_namm_capture * cap) {
     std::fill(cap->count.begin(), cap->count.end(), 0);
+    std::fill(cap->q_count.begin(), cap->q_count.end(), 0);
     cap->overflow = false;
+}
+
+extern "C" void edge_namm_capture_set_modes(edge_namm_capture * cap, bool rows, bool queries) {
+    cap->want_rows = rows;
+    cap->want_queries = queries;
+    if (queries && cap->q_rows.empty()) {
+        cap->q_rows.assign((size_t) cap->n_layer * cap->n_head * cap->max_queries * cap->head_dim, 0.0f);
+    }
+}
+
+extern "C" float * edge_namm_capture_q_data(edge_namm_capture * cap) {
+    if (cap->q_rows.empty()) {
+        cap->q_rows.assign((size_t) cap->n_layer * cap->n_head * cap->max_queries * cap->head_dim, 0.0f);
+    }
+    return cap->q_rows.data();
+}
+
+extern "C" int32_t edge_namm_capture_q_count(const edge_namm_capture * cap) {
+    return common_count(cap, cap->q_count);
+}
+
+extern "C" int32_t edge_namm_capture_n_head(const edge_namm_capture * cap) { return cap->n_head; }
+extern "C" int32_t edge_namm_capture_head_dim(const edge_namm_capture * cap) { return cap->head_dim; }
+extern "C" float edge_namm_capture_kq_scale(const edge_namm_capture * cap, int32_t slot) {
+    return (slot >= 0 && slot < cap->n_layer) ? cap->kq_scale[slot] : 0.0f;
 }
 
 extern "C" int32_t edge_namm_capture_n_layer(const edge_namm_capture * cap) { return cap->n_layer; }
@@ -262,4 +369,218 @@ extern "C" int32_t edge_namm_read_keys(llama_context * ctx, int32_t il, float * 
         }
     }
     return (int32_t) n_embd;
+}
+
+// --- cold tier: moving cells out of and back into the managed cache ----------------------------
+
+static std::vector<int32_t> managed_layers(llama_context * ctx) {
+    std::vector<int32_t> out;
+    const int32_t n = llama_model_n_layer(llama_get_model(ctx));
+    for (int32_t il = 0; il < n; ++il) {
+        if (layer_is_managed(ctx, il)) {
+            out.push_back(il);
+        }
+    }
+    return out;
+}
+
+struct cell_layout {
+    int64_t k_bytes, v_bytes, n_embd_k, n_embd_v, v_el;
+    bool v_trans;
+};
+
+static cell_layout layout_of(llama_kv_cache * kv, int32_t il) {
+    ggml_tensor * k = kv->get_k_storage(il);
+    ggml_tensor * v = kv->get_v_storage(il);
+    cell_layout l;
+    l.n_embd_k = k->ne[0];
+    l.n_embd_v = v->ne[0];
+    l.k_bytes = (int64_t) ggml_row_size(k->type, k->ne[0]);
+    l.v_trans = kv->get_v_trans();
+    l.v_el = (int64_t) ggml_type_size(v->type);
+    l.v_bytes = l.v_trans ? l.n_embd_v * l.v_el : (int64_t) ggml_row_size(v->type, v->ne[0]);
+    return l;
+}
+
+extern "C" int32_t edge_namm_cell_layout(llama_context * ctx, int64_t * out) {
+    if (edge_namm_unsupported_reason(ctx) != nullptr) {
+        return -1;
+    }
+    llama_kv_cache * kv = managed_kv_cache(ctx);
+    const std::vector<int32_t> layers = managed_layers(ctx);
+    const cell_layout l = layout_of(kv, layers.at(0));
+    for (int32_t il : layers) {  // one stride for all layers (per-layer head sizes are refused)
+        const cell_layout m = layout_of(kv, il);
+        if (m.k_bytes != l.k_bytes || m.v_bytes != l.v_bytes) {
+            return -1;
+        }
+    }
+    out[0] = kv->type_k();
+    out[1] = kv->type_v();
+    out[2] = l.k_bytes;
+    out[3] = l.v_bytes;
+    out[4] = l.n_embd_k;
+    out[5] = l.n_embd_v;
+    out[6] = l.v_trans ? 1 : 0;
+    out[7] = (int64_t) layers.size();
+    return 0;
+}
+
+// Host bytes of a tensor: its own memory on a CPU buffer, else a staged copy (one transfer).
+static uint8_t * host_view(ggml_tensor * t, std::vector<uint8_t> & staging) {
+    if (ggml_backend_buffer_is_host(t->buffer)) {
+        return (uint8_t *) t->data;
+    }
+    staging.resize(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, staging.data(), 0, staging.size());
+    return staging.data();
+}
+
+extern "C" int32_t edge_namm_export_cells(llama_context * ctx, const int32_t * cells, int32_t n, uint8_t * k_out, uint8_t * v_out) {
+    if (edge_namm_unsupported_reason(ctx) != nullptr || n < 0) {
+        return -1;
+    }
+    llama_kv_cache * kv = managed_kv_cache(ctx);
+    const int64_t size = kv->get_size();
+    for (int32_t i = 0; i < n; ++i) {
+        if (cells[i] < 0 || cells[i] >= size) {
+            return -1;
+        }
+    }
+    const std::vector<int32_t> layers = managed_layers(ctx);
+    std::vector<uint8_t> staging;
+    for (size_t s = 0; s < layers.size(); ++s) {
+        const cell_layout l = layout_of(kv, layers[s]);
+        const uint8_t * k = host_view(kv->get_k_storage(layers[s]), staging);
+        uint8_t * kdst = k_out + (int64_t) s * n * l.k_bytes;
+        for (int32_t i = 0; i < n; ++i) {
+            std::memcpy(kdst + i * l.k_bytes, k + cells[i] * l.k_bytes, l.k_bytes);
+        }
+        const uint8_t * v = host_view(kv->get_v_storage(layers[s]), staging);
+        uint8_t * vdst = v_out + (int64_t) s * n * l.v_bytes;
+        for (int32_t i = 0; i < n; ++i) {
+            if (l.v_trans) {  // element j of cell c sits at (j * size + c)
+                for (int64_t j = 0; j < l.n_embd_v; ++j) {
+                    std::memcpy(vdst + i * l.v_bytes + j * l.v_el, v + (j * size + cells[i]) * l.v_el, l.v_el);
+                }
+            } else {
+                std::memcpy(vdst + i * l.v_bytes, v + cells[i] * l.v_bytes, l.v_bytes);
+            }
+        }
+    }
+    return 0;
+}
+
+// Writes staged bytes back when the tensor lives on a device (no-op for CPU buffers).
+static void host_commit(ggml_tensor * t, std::vector<uint8_t> & staging) {
+    if (!ggml_backend_buffer_is_host(t->buffer)) {
+        ggml_backend_tensor_set(t, staging.data(), 0, staging.size());
+    }
+}
+
+extern "C" int32_t edge_namm_import_cells(llama_context * ctx, llama_seq_id seq_id, const int32_t * pos, const int32_t * rot_pos, int32_t n, const uint8_t * k_in, const uint8_t * v_in, int32_t * cells_out) {
+    if (edge_namm_unsupported_reason(ctx) != nullptr || n < 0) {
+        return -1;
+    }
+    llama_kv_cache * kv = managed_kv_cache(ctx);
+    llama_kv_cells & cells = kv->get_cells_mut(seq_id);
+    const int64_t size = kv->get_size();
+    std::vector<int32_t> free_cells;
+    for (int64_t c = 0; c < size && (int32_t) free_cells.size() < n; ++c) {
+        if (cells.is_empty((uint32_t) c)) {
+            free_cells.push_back((int32_t) c);
+        }
+    }
+    if ((int32_t) free_cells.size() < n) {
+        return -2;
+    }
+    const std::vector<int32_t> layers = managed_layers(ctx);
+    std::vector<uint8_t> staging;
+    for (size_t s = 0; s < layers.size(); ++s) {
+        const cell_layout l = layout_of(kv, layers[s]);
+        ggml_tensor * kt = kv->get_k_storage(layers[s]);
+        uint8_t * k = host_view(kt, staging);
+        const uint8_t * ksrc = k_in + (int64_t) s * n * l.k_bytes;
+        for (int32_t i = 0; i < n; ++i) {
+            std::memcpy(k + free_cells[i] * l.k_bytes, ksrc + i * l.k_bytes, l.k_bytes);
+        }
+        host_commit(kt, staging);
+        ggml_tensor * vt = kv->get_v_storage(layers[s]);
+        uint8_t * v = host_view(vt, staging);
+        const uint8_t * vsrc = v_in + (int64_t) s * n * l.v_bytes;
+        for (int32_t i = 0; i < n; ++i) {
+            if (l.v_trans) {
+                for (int64_t j = 0; j < l.n_embd_v; ++j) {
+                    std::memcpy(v + (j * size + free_cells[i]) * l.v_el, vsrc + i * l.v_bytes + j * l.v_el, l.v_el);
+                }
+            } else {
+                std::memcpy(v + free_cells[i] * l.v_bytes, vsrc + i * l.v_bytes, l.v_bytes);
+            }
+        }
+        host_commit(vt, staging);
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        const uint32_t c = (uint32_t) free_cells[i];
+        const llama_pos rot = rot_pos ? rot_pos[i] : pos[i];
+        cells.pos_set(c, rot);
+        cells.seq_add(c, seq_id);
+        if (pos[i] != rot) {
+            // the key was rotated for `rot`: llama.cpp's own K-shift re-rotates it on the next decode
+            cells.pos_add(c, pos[i] - rot);
+        }
+        cells_out[i] = free_cells[i];
+    }
+    return n;
+}
+
+extern "C" int32_t edge_namm_to_float(int32_t type, const void * src, float * dst, int64_t n) {
+    if (type < 0 || type >= GGML_TYPE_COUNT) {
+        return -1;
+    }
+    if (type == GGML_TYPE_F32) {
+        std::memcpy(dst, src, sizeof(float) * n);
+        return 0;
+    }
+    const auto * traits = ggml_get_type_traits((ggml_type) type);
+    if (traits->to_float == nullptr || n % traits->blck_size != 0) {
+        return -1;
+    }
+    traits->to_float(src, dst, n);
+    return 0;
+}
+
+// --- crash note ------------------------------------------------------------------------------
+
+#if !defined(_WIN32)
+static char g_crash_note[1024];
+static const int k_crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+static struct sigaction g_previous[5];
+
+static void crash_note_handler(int sig) {
+    ssize_t ignored = write(2, g_crash_note, std::strlen(g_crash_note));
+    (void) ignored;
+    for (int i = 0; i < 5; ++i) {
+        if (k_crash_signals[i] == sig) {
+            sigaction(sig, &g_previous[i], nullptr);  // the previous handler runs next
+        }
+    }
+    raise(sig);
+}
+#endif
+
+extern "C" int32_t edge_namm_install_crash_note(const char * note) {
+#if !defined(_WIN32)
+    std::strncpy(g_crash_note, note, sizeof(g_crash_note) - 1);
+    for (int i = 0; i < 5; ++i) {
+        struct sigaction sa;
+        std::memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = crash_note_handler;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_NODEFER;
+        sigaction(k_crash_signals[i], &sa, &g_previous[i]);
+    }
+#else
+    (void) note;
+#endif
+    return 0;
 }

@@ -9,7 +9,7 @@ extern "C" {
 #endif
 
 // Bumped whenever this API changes; Python refuses a library with another value.
-#define EDGE_NAMM_API_VERSION 2
+#define EDGE_NAMM_API_VERSION 3
 
 typedef struct edge_namm_capture edge_namm_capture;
 
@@ -53,6 +53,45 @@ LLAMA_API int32_t edge_namm_remove_positions(struct llama_context * ctx, llama_s
 // Copies layer il's keys as float32 [n_cells][n_embd_k_gqa] into out (n floats available).
 // Returns n_embd_k_gqa, or -1 (unsupported cache / bad or unmanaged layer / buffer too small).
 LLAMA_API int32_t edge_namm_read_keys(struct llama_context * ctx, int32_t il, float * out, int64_t n);
+
+// Query capture (for query-aware recall): while on and the capture is armed, the queries each
+// layer's attention uses (after RoPE and any norm) are appended as float32
+// [n_layer][n_head][max_queries][head_dim]. Attention-row capture can be switched off meanwhile.
+LLAMA_API void    edge_namm_capture_set_modes(edge_namm_capture * cap, bool rows, bool queries);
+LLAMA_API float * edge_namm_capture_q_data(edge_namm_capture * cap);
+// Complete query rows since the last clear (equal across layers), or -1 (overflow/inconsistent).
+LLAMA_API int32_t edge_namm_capture_q_count(const edge_namm_capture * cap);
+LLAMA_API int32_t edge_namm_capture_n_head(const edge_namm_capture * cap);
+LLAMA_API int32_t edge_namm_capture_head_dim(const edge_namm_capture * cap);
+// The softmax scale of capture slot `slot`'s attention, as seen on the last captured decode (0 before).
+LLAMA_API float   edge_namm_capture_kq_scale(const edge_namm_capture * cap, int32_t slot);
+
+// Layout of one cell in the managed cache: out[0..7] = k_type, v_type (ggml types), K bytes per
+// cell per layer, V bytes per cell per layer, n_embd_k_gqa, n_embd_v_gqa, v_trans (0/1),
+// n_layer (managed layers). Returns 0, or -1 when unsupported.
+LLAMA_API int32_t edge_namm_cell_layout(struct llama_context * ctx, int64_t * out);
+
+// Copies the K and V bytes of the given cells of every managed layer, exactly as stored:
+// k_out [n_layer][n][k_bytes], v_out [n_layer][n][v_bytes] (a transposed V is gathered per cell).
+// One device transfer per tensor. Returns 0, or -1 (unsupported / bad cell index).
+LLAMA_API int32_t edge_namm_export_cells(struct llama_context * ctx, const int32_t * cells, int32_t n, uint8_t * k_out, uint8_t * v_out);
+
+// Places n tokens into free cells of seq_id's managed cache at the given positions and writes
+// their K/V bytes (layout of edge_namm_export_cells). rot_pos (NULL: same as pos) is the position
+// each stored key was rotated for; where it differs from pos, the cell is shifted so that
+// llama.cpp re-rotates the key on the next decode. cells_out receives the cells used. Returns
+// n, -1 (unsupported), -2 (fewer than n free cells: nothing changed). The window cache of an iSWA
+// model is left alone: recalled tokens are older than its window.
+LLAMA_API int32_t edge_namm_import_cells(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * pos, const int32_t * rot_pos, int32_t n, const uint8_t * k_in, const uint8_t * v_in, int32_t * cells_out);
+
+// Converts n values of a ggml type to float32 (for scoring stored keys); -1 for a type without
+// a conversion.
+LLAMA_API int32_t edge_namm_to_float(int32_t type, const void * src, float * dst, int64_t n);
+
+// Crash note: on SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGABRT, write `note` (copied) to stderr, then
+// hand the signal to the handler that was installed before (Python's faulthandler prints the
+// traceback). Returns 0.
+LLAMA_API int32_t edge_namm_install_crash_note(const char * note);
 
 #ifdef __cplusplus
 }

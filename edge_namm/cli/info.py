@@ -9,6 +9,38 @@ from importlib import metadata
 import click
 
 
+def cpu_build_info(system_info: str) -> dict:
+    """What the CPU backend was compiled with (llama.cpp's system info), whether its AMX path is
+    in, which per-CPU variant a portable build loaded, and what this CPU offers."""
+    features = [
+        part.split("=")[0].strip()
+        for part in system_info.split("CPU :", 1)[-1].split("|")
+        if part.strip().endswith("= 1")
+    ]
+    out: dict = {
+        "cpu_features_used": features,
+        "amx_compiled_in": any(f.startswith("AMX") for f in features),
+    }
+    try:  # a portable build (GGML_BACKEND_DL) loads one libggml-cpu-<variant>.so at run time
+        with open("/proc/self/maps") as maps:
+            libs = {line.rsplit("/", 1)[-1].strip() for line in maps if "libggml-cpu" in line}
+        variants = sorted(
+            lib[len("libggml-cpu-") :].split(".so")[0] for lib in libs if "-" in lib[11:]
+        )
+        out["cpu_variant"] = variants[0] if variants else "native (built for this CPU)"
+    except OSError:
+        out["cpu_variant"] = "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []
+            )
+        out["cpu_has_amx"] = "amx_int8" in flags
+    except OSError:
+        pass
+    return out
+
+
 def collect_info() -> dict:
     from edge_namm import native
     from edge_namm.downloads import MODELS, default_model_path, model_path
@@ -39,6 +71,7 @@ def collect_info() -> dict:
             if b.upper() in info["system_info"].upper()
         ]
         info["backend"] = "+".join(backends) if backends else "CPU"
+        info.update(cpu_build_info(info["system_info"]))
     except Exception as exc:  # report, don't crash: info is the tool people run when things break
         info["backend"] = f"unavailable ({exc})"
     info["flash_attention"] = "off (required: NAMM reads attention weights)"

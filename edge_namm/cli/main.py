@@ -37,5 +37,26 @@ def _add_optional_commands() -> None:
 _add_optional_commands()
 
 
+CRASH_NOTE = (
+    "\nedge-namm: native crash inside llama.cpp (not a Python error). Run `edge-namm info "
+    "--json` and report it with that output and the traceback below at the edge-namm issue "
+    "tracker; on Intel AMX CPUs rebuild with ./build.sh (AMX off by default).\n"
+)
+
+
+def _arm_crash_reports() -> None:
+    """faulthandler prints the Python traceback of a native crash; our note says what it is."""
+    import faulthandler
+
+    faulthandler.enable()
+    try:
+        from edge_namm import native
+
+        native.install_crash_note(CRASH_NOTE)
+    except Exception:  # no patched library: `edge-namm info` explains; nothing to arm
+        pass
+
+
 def main() -> None:
+    _arm_crash_reports()
     cli()
