@@ -25,7 +25,7 @@ from edge_namm.features import AttentionFeatures, FeatureConfig
 
 
 class ScipyReference:
-    """The paper's per-update spectrogram (DESIGN.md §1.2) for tokens that are all cached."""
+    """The paper's per-update spectrogram (docs/DESIGN.md §1.2) for tokens that are all cached."""
 
     def __init__(self, n_layer: int, n_head: int, n_cells: int, cfg: FeatureConfig) -> None:
         self.cfg = cfg

@@ -7,11 +7,12 @@ and a clear error when the loaded llama.cpp was not built by ./build.sh.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-API_VERSION = 2
+API_VERSION = 3
 
 _BUILD_HINT = (
     "edge-namm needs llama-cpp-python built with its native patch: run ./build.sh from the "
@@ -63,6 +64,32 @@ def _load() -> ctypes.CDLL:
             [c.c_void_p, c.c_int32, c.POINTER(c.c_float), c.c_int64],
             c.c_int32,
         ),
+        "edge_namm_capture_set_modes": ([c.c_void_p, c.c_bool, c.c_bool], None),
+        "edge_namm_capture_q_data": ([c.c_void_p], c.POINTER(c.c_float)),
+        "edge_namm_capture_q_count": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_n_head": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_head_dim": ([c.c_void_p], c.c_int32),
+        "edge_namm_capture_kq_scale": ([c.c_void_p, c.c_int32], c.c_float),
+        "edge_namm_cell_layout": ([c.c_void_p, c.POINTER(c.c_int64)], c.c_int32),
+        "edge_namm_export_cells": (
+            [c.c_void_p, c.POINTER(c.c_int32), c.c_int32, c.c_void_p, c.c_void_p],
+            c.c_int32,
+        ),
+        "edge_namm_import_cells": (
+            [
+                c.c_void_p,
+                c.c_int32,
+                c.POINTER(c.c_int32),
+                c.POINTER(c.c_int32),
+                c.c_int32,
+                c.c_void_p,
+                c.c_void_p,
+                c.POINTER(c.c_int32),
+            ],
+            c.c_int32,
+        ),
+        "edge_namm_install_crash_note": ([c.c_char_p], c.c_int32),
+        "edge_namm_to_float": ([c.c_int32, c.c_void_p, c.POINTER(c.c_float), c.c_int64], c.c_int32),
     }
     for name, (argtypes, restype) in sigs.items():
         fn = getattr(lib, name)
@@ -88,6 +115,11 @@ def available() -> bool:
 def require() -> ctypes.CDLL:
     """The patched library, or NativeUnavailableError telling the user to run ./build.sh."""
     return _load()
+
+
+def install_crash_note(note: str) -> None:
+    """Print `note` on a native crash, before the handler installed earlier (faulthandler)."""
+    require().edge_namm_install_crash_note(note.encode())
 
 
 def unsupported_reason(ctx: int) -> str | None:
@@ -144,6 +176,102 @@ def read_keys(ctx: int, layer: int, n_cells: int, n_embd_k: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class CellLayout:
+    """How one KV cell of the managed cache is stored (per managed layer)."""
+
+    k_type: int  # ggml type of K
+    v_type: int
+    k_bytes: int  # bytes of one cell's K row
+    v_bytes: int  # bytes of one cell's V (gathered per cell when V is transposed)
+    n_embd_k: int
+    n_embd_v: int
+    v_trans: bool
+    n_layer: int
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.n_layer * (self.k_bytes + self.v_bytes)
+
+
+def cell_layout(ctx: int) -> CellLayout:
+    out = (ctypes.c_int64 * 8)()
+    if require().edge_namm_cell_layout(ctx, out) != 0:
+        check_supported(ctx)
+        raise UnsupportedModelError(
+            "edge-namm cannot move this model's KV cells: its layers store K/V with different "
+            "widths; use recall=False"
+        )
+    v = list(out)
+    return CellLayout(v[0], v[1], v[2], v[3], v[4], v[5], bool(v[6]), v[7])
+
+
+def export_cells(ctx: int, cells: np.ndarray, layout: CellLayout) -> tuple[np.ndarray, np.ndarray]:
+    """K and V bytes of the cells as stored: [n_layer, n, k_bytes] and [n_layer, n, v_bytes]."""
+    arr, ptr = _int32_array(cells)
+    k = np.empty((layout.n_layer, len(arr), layout.k_bytes), dtype=np.uint8)
+    v = np.empty((layout.n_layer, len(arr), layout.v_bytes), dtype=np.uint8)
+    if require().edge_namm_export_cells(ctx, ptr, len(arr), k.ctypes.data, v.ctypes.data) != 0:
+        raise ValueError(f"exporting KV cells failed (cells {arr.min()}..{arr.max()})")
+    return k, v
+
+
+class NoFreeCellsError(RuntimeError):
+    """Importing cells needs as many free cells as tokens."""
+
+
+def import_cells(
+    ctx: int,
+    positions: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    rot_positions: np.ndarray | None = None,
+    seq_id: int = 0,
+) -> np.ndarray:
+    """Put tokens back into free cells at these positions with their stored K/V; returns cells.
+
+    `rot_positions`: where each stored key was rotated, if not at `positions` (re-positioning);
+    llama.cpp then re-rotates those keys on the next decode."""
+    arr, ptr = _int32_array(positions)
+    rot, rot_ptr = (None, None) if rot_positions is None else _int32_array(rot_positions)
+    k = np.ascontiguousarray(k, dtype=np.uint8)
+    v = np.ascontiguousarray(v, dtype=np.uint8)
+    cells = np.empty(len(arr), dtype=np.int32)
+    got = require().edge_namm_import_cells(
+        ctx,
+        seq_id,
+        ptr,
+        rot_ptr,
+        len(arr),
+        k.ctypes.data,
+        v.ctypes.data,
+        cells.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+    )
+    if got == -2:
+        raise NoFreeCellsError(f"not enough free KV cells to import {len(arr)} tokens")
+    if got != len(arr):
+        check_supported(ctx)
+        raise ValueError("importing KV cells failed")
+    return cells
+
+
+def to_float(ggml_type: int, raw: np.ndarray, n_values: int) -> np.ndarray:
+    """Stored values (bytes of a ggml type) as float32 [..., n_values]."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    lead = raw.shape[:-1]
+    out = np.empty((*lead, n_values), dtype=np.float32)
+    total = out.size
+    if (
+        total
+        and require().edge_namm_to_float(
+            ggml_type, raw.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), total
+        )
+        != 0
+    ):
+        raise ValueError(f"cannot convert ggml type {ggml_type} to float")
+    return out
+
+
 class AttentionCapture:
     """Owns a native capture buffer that llama_decode fills with GQA-averaged attention rows."""
 
@@ -163,6 +291,31 @@ class AttentionCapture:
         shape = (self.n_layer, self.n_head_kv, max_queries, self.n_cells)
         self._rows = np.ctypeslib.as_array(lib.edge_namm_capture_data(self._ptr), shape=shape)
         self.armed = False
+        self.n_head = lib.edge_namm_capture_n_head(self._ptr)
+        self.head_dim = lib.edge_namm_capture_head_dim(self._ptr)
+        self._queries: np.ndarray | None = None
+
+    def set_modes(self, rows: bool = True, queries: bool = False) -> None:
+        """What an armed capture records: attention rows, queries (for recall), or both."""
+        self._lib.edge_namm_capture_set_modes(self._ptr, rows, queries)
+
+    def queries(self) -> np.ndarray:
+        """Zero-copy view [n_layer, n_head, count, head_dim] of the queries captured so far."""
+        if self._queries is None:
+            shape = (self.n_layer, self.n_head, self.max_queries, self.head_dim)
+            data = self._lib.edge_namm_capture_q_data(self._ptr)
+            self._queries = np.ctypeslib.as_array(data, shape=shape)
+        n = self._lib.edge_namm_capture_q_count(self._ptr)
+        if n < 0:
+            raise RuntimeError("query capture overflowed or saw an unexpected query layout")
+        return self._queries[:, :, :n, :]
+
+    def kq_scales(self) -> np.ndarray:
+        """Softmax scale of each captured layer (as of the last decode that captured queries)."""
+        return np.array(
+            [self._lib.edge_namm_capture_kq_scale(self._ptr, i) for i in range(self.n_layer)],
+            dtype=np.float32,
+        )
 
     def arm(self, armed: bool = True) -> None:
         """Install (or remove) the eval callback; disarmed decodes run the stock graph."""
@@ -196,6 +349,7 @@ class AttentionCapture:
             self._lib.edge_namm_capture_free(self._ptr)
             self._ptr = None
             self._rows = None
+            self._queries = None
 
     def __del__(self) -> None:
         self.close()

@@ -21,7 +21,7 @@ from edge_namm.features import stft as kernels
 from edge_namm.features.fft_codegen import frame32_source
 
 # ----------------------------------------------------------------------------------------------
-# Reference: the paper's per-update computation (DESIGN.md §1.2), written from scratch.
+# Reference: the paper's per-update computation (docs/DESIGN.md §1.2), written from scratch.
 
 
 def ref_stft_mag(series: np.ndarray, n_fft: int, hop: int) -> np.ndarray:

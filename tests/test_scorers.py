@@ -1,4 +1,4 @@
-"""numpy reference scorers, the scorer file and aggregation (DESIGN.md §1.2-1.4)."""
+"""numpy reference scorers, the scorer file and aggregation (docs/DESIGN.md §1.2-1.4)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_mlp_formulas() -> None:
 
 # -- BAM ----------------------------------------------------------------------------------------
 def bam_brute_force(z: np.ndarray, params: np.ndarray, window: int | None) -> np.ndarray:
-    """Independent per-row, per-token float64 BAM following DESIGN.md §1.3 literally."""
+    """Independent per-row, per-token float64 BAM following docs/DESIGN.md §1.3 literally."""
     p = params.astype(np.float64)
     w_qkv = p[0:2400].reshape(25, 96)
     b_qkv = p[2400:2496]

@@ -25,31 +25,42 @@ HELP = """commands:
 
 
 def render_memory(llm, width: int = 2000) -> str:
-    """The logical history with forgotten stretches collapsed into markers."""
-    history = llm.input_ids[: llm.n_tokens]
+    """The logical history: hot text as is, cold (recallable) and forgotten stretches collapsed
+    into markers, then what the last recall brought back."""
+    history = llm.input_ids[: llm.n_tokens].tolist()
     kept = set(llm.kept_positions().tolist())
+    cold_store = llm.memory.cold
+    cold = set(cold_store.logical.tolist()) if cold_store is not None else set()
     parts: list[str] = []
-    run: list[int] = []
-    dropped = 0
-    for pos, tok in enumerate(history.tolist()):
-        if pos in kept:
-            if dropped:
-                parts.append(click.style(f"[...{dropped} tokens forgotten...]", fg="red"))
-                dropped = 0
-            run.append(tok)
+    i = 0
+    while i < len(history):
+        state = "hot" if i in kept else "cold" if i in cold else "gone"
+        j = i
+        while (
+            j < len(history) and ("hot" if j in kept else "cold" if j in cold else "gone") == state
+        ):
+            j += 1
+        if state == "hot":
+            parts.append(llm.detokenize(history[i:j]).decode("utf-8", errors="replace"))
+        elif state == "cold":
+            parts.append(click.style(f"[...{j - i} tokens in the cold store...]", fg="yellow"))
         else:
-            if run:
-                parts.append(llm.detokenize(run).decode("utf-8", errors="replace"))
-                run = []
-            dropped += 1
-    if run:
-        parts.append(llm.detokenize(run).decode("utf-8", errors="replace"))
-    if dropped:
-        parts.append(click.style(f"[...{dropped} tokens forgotten...]", fg="red"))
+            parts.append(click.style(f"[...{j - i} tokens forgotten...]", fg="red"))
+        i = j
     text = "".join(parts)
     if len(text) > width:
         text = "..." + text[-width:]
-    return f"{text}\n({len(kept)} of {llm.n_tokens} tokens kept)"
+    summary = f"({len(kept)} of {llm.n_tokens} tokens kept"
+    if cold_store is not None:
+        st = llm.stats
+        where = "on disk" if st.cold_on_disk else "in RAM"
+        summary += f", {st.cold_tokens} cold ({st.cold_bytes / (1 << 20):.1f} MiB {where})"
+    summary += ")"
+    recalled = llm.memory.last_recalled
+    if len(recalled):
+        words = llm.detokenize(llm.input_ids[recalled].tolist()).decode("utf-8", errors="replace")
+        summary += f"\nrecalled for the last answer ({len(recalled)} tokens): {words[:300]!r}"
+    return f"{text}\n{summary}"
 
 
 @click.command()
@@ -64,6 +75,25 @@ def render_memory(llm, width: int = 2000) -> str:
     help="KV cells kept after each memory update.",
 )
 @update_interval_option()
+@click.option(
+    "--recall/--no-recall",
+    default=True,
+    show_default=True,
+    help="Keep evicted tokens in a cold store and bring back the ones each new message "
+    "attends to (docs/DESIGN.md).",
+)
+@click.option(
+    "--cold-budget",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Most tokens the cold store keeps (lowest-scored forgotten first); default: no cap.",
+)
+@click.option(
+    "--cold-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Spill the cold store to memory-mapped files in this folder instead of RAM.",
+)
 @click.option(
     "--reposition/--absolute-positions",
     default=True,
@@ -84,6 +114,9 @@ def chat(
     scorer,
     budget,
     update_interval,
+    recall,
+    cold_budget,
+    cold_dir,
     reposition,
     system,
     temperature,
@@ -100,6 +133,9 @@ def chat(
         budget=budget,
         update_interval=update_interval,
         reposition=reposition,
+        recall=recall,
+        cold_budget=cold_budget,
+        cold_dir=cold_dir,
         chunk=min(128, update_interval),
         n_gpu_layers=n_gpu_layers,
         n_threads=threads,
@@ -107,7 +143,8 @@ def chat(
         progress=True,
     )
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    click.echo(f"edge-namm chat: policy {policy}, budget {budget} cells. /help for commands.")
+    shown = f"{policy}+recall" if recall else policy
+    click.echo(f"edge-namm chat: policy {shown}, budget {budget} cells. /help for commands.")
     while True:
         try:
             line = input("> ")

@@ -26,7 +26,16 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
 @click.command("eval")
 @model_options
 @click.option(
-    "--policies", default=None, help="Comma list of policies (default: all registered ones)."
+    "--policies",
+    default=None,
+    help="Comma list of policies (default: all registered ones); NAME+recall adds the cold "
+    "tier with query-aware recall to any of them.",
+)
+@click.option(
+    "--recall",
+    is_flag=True,
+    help="Also run every evicting policy with +recall (evicted tokens kept in a cold store and "
+    "recalled by the question).",
 )
 @click.option(
     "--budgets",
@@ -93,6 +102,7 @@ def eval_cmd(
     n_gpu_layers,
     threads,
     policies,
+    recall,
     budgets,
     tasks,
     lengths,
@@ -116,6 +126,12 @@ def eval_cmd(
 
     warnings.formatwarning = _plain_warning
     model_path = resolve_model(model)
+    if recall:
+        from edge_namm.eval.runner import parse_policies, split_policy
+
+        names = parse_policies(policies)
+        extra = [f"{p}+recall" for p in names if not split_policy(p)[1] and p != "full"]
+        policies = ",".join(dict.fromkeys([*names, *extra]))
     rows = run_eval(
         model_path,
         policies=policies,

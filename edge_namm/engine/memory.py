@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_namm import native
+from edge_namm.engine.cold import ColdBatch, ColdStore
+from edge_namm.engine.recall import choose_swaps, recall_scores
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
@@ -53,6 +55,22 @@ class KVMemory:
         self.on_update: list[
             Callable[[CacheView, np.ndarray], None]
         ] = []  # observers (tests, eval)
+        self.cold: ColdStore | None = None
+        self.token_of: Callable[[np.ndarray], np.ndarray] | None = None
+        self.last_recalled = np.empty(0, dtype=np.int64)  # logical positions, last recall
+
+    def enable_cold(
+        self,
+        token_of: Callable[[np.ndarray], np.ndarray],
+        cold_budget: int | None = None,
+        cold_dir: str | None = None,
+    ) -> None:
+        """Keep evicted tokens in a cold store (exact K/V) instead of discarding them.
+        `token_of` maps logical positions to token ids (for display and checks)."""
+        self.cold = ColdStore(
+            native.cell_layout(self.ctx), cold_budget=cold_budget, cold_dir=cold_dir
+        )
+        self.token_of = token_of
 
     # --- around llama_decode -------------------------------------------------------------
     def free_cells(self) -> int:
@@ -80,10 +98,11 @@ class KVMemory:
             self.features.reset_cells(stale)
         self._positions = now
 
-    def after_decode(self, n_new: int, shift: int = 0) -> None:
-        """Fold the new attention rows; `shift` = logical - physical position of new tokens."""
+    def after_decode(self, n_new: int, shift: int = 0, fold: bool = True) -> None:
+        """Fold the new attention rows; `shift` = logical - physical position of new tokens.
+        `fold=False` for a re-decode of tokens already seen (recall's window)."""
         t0 = time.perf_counter()
-        if self.capture.armed:
+        if self.capture.armed and fold:
             self.features.fold(self.capture.rows())
             self.capture.clear()
         now = native.cell_positions(self.ctx)
@@ -91,7 +110,8 @@ class KVMemory:
         self._logical[filled] = now[filled] + shift
         self._logical[now < 0] = -1
         self._positions = now
-        self.stats.tokens_seen += n_new
+        if fold:
+            self.stats.tokens_seen += n_new
         self.stats.cells_used = int((self._positions >= 0).sum())
         self.stats.seconds_namm += time.perf_counter() - t0
 
@@ -130,10 +150,7 @@ class KVMemory:
             n_recent=self.policy.n_recent,
         )
         if len(evict):
-            native.remove_positions(self.ctx, view.positions[evict])
-            self.features.reset_cells(view.cells[evict])
-            self._positions[view.cells[evict]] = -1
-            self._logical[view.cells[evict]] = -1
+            self._evict(view, evict, scores)
         for observer in self.on_update:
             observer(view, evict)
         kept = view.n - len(evict)
@@ -145,8 +162,141 @@ class KVMemory:
         st.seconds_namm += time.perf_counter() - t0
         return len(evict)
 
+    def _evict(self, view: CacheView, evict: np.ndarray, scores: np.ndarray | None) -> None:
+        """Remove these tokens of the view from the cache, into the cold store if there is one."""
+        cells = view.cells[evict]
+        if self.cold is not None:
+            layout = self.cold.layout
+            k, v = native.export_cells(self.ctx, cells, layout)
+            pos = view.positions[evict]
+            logical = self._logical[cells]
+            score = (
+                np.asarray(scores, dtype=np.float32)[evict]
+                if scores is not None
+                else logical.astype(np.float32)  # no scores: the oldest is forgotten first
+            )
+            self.cold.add(
+                ColdBatch(
+                    k=k,
+                    v=v,
+                    keys=native.to_float(layout.k_type, k, layout.n_embd_k),
+                    rot_pos=pos,
+                    pos=pos,
+                    logical=logical,
+                    tokens=self.token_of(logical),
+                    score=score,
+                )
+            )
+            self._sync_cold_stats()
+        native.remove_positions(self.ctx, view.positions[evict])
+        self.features.reset_cells(cells)
+        self._positions[cells] = -1
+        self._logical[cells] = -1
+
+    def _sync_cold_stats(self) -> None:
+        st, cold = self.stats, self.cold
+        st.cold_tokens = len(cold)
+        st.cold_bytes = cold.nbytes
+        st.cold_on_disk = cold.on_disk
+        st.tokens_forgotten = cold.forgotten
+
+    # --- recall ----------------------------------------------------------------------------
+    def capture_queries(self, on: bool) -> None:
+        """Record queries (and no attention rows) on the next decodes, or go back to normal."""
+        if on:
+            self.capture.clear()
+            self.capture.set_modes(rows=False, queries=True)
+            self._was_armed = self.capture.armed
+            if not self.capture.armed:
+                self.capture.arm()
+        else:
+            self.capture.set_modes(rows=True, queries=False)
+            if not self._was_armed:
+                self.capture.disarm()
+            self.capture.clear()
+
+    def drop_cold_from(self, logical_start: int) -> None:
+        """Forget cold copies of tokens at or after a logical position (they are re-decoded)."""
+        if self.cold is not None and len(self.cold):
+            stale = np.flatnonzero(self.cold.logical >= logical_start)
+            if len(stale):
+                self.cold.take(stale)
+                self._sync_cold_stats()
+
+    def recall(self, queries: np.ndarray, scales: np.ndarray, n_protect_recent: int) -> int:
+        """Swap the cold tokens the queries attend to most for the hot tokens they attend to
+        least (the hot cache keeps its size); returns how many came back."""
+        t0 = time.perf_counter()
+        cold = self.cold
+        self.last_recalled = np.empty(0, dtype=np.int64)
+        if cold is None or len(cold) == 0:
+            return 0
+        view = self.view()
+        keys = np.concatenate([self.read_keys(view.cells), cold.keys()], axis=1)
+        scores = recall_scores(queries, scales, keys, self.n_head_kv)
+        hot_scores, cold_scores = scores[: view.n], scores[view.n :]
+        protected = np.zeros(view.n, dtype=bool)
+        protected[: self.policy.n_sink] = True
+        protected[max(view.n - max(self.policy.n_recent, n_protect_recent, 1), 0) :] = True
+        out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected)
+        n = len(in_cold)
+        if n:
+            back = cold.take(in_cold)
+            self._evict(view, out_hot, hot_scores)
+            self._import(back)
+        st = self.stats
+        st.recalls += 1
+        st.tokens_recalled += n
+        st.cells_used = int((self._positions >= 0).sum())
+        st.seconds_namm += time.perf_counter() - t0
+        return n
+
+    def _import(self, back: ColdBatch) -> None:
+        cells = native.import_cells(self.ctx, back.pos, back.k, back.v, back.rot_pos)
+        self.features.reset_cells(cells)
+        self._positions[cells] = back.pos
+        self._logical[cells] = back.logical
+        self.last_recalled = np.sort(back.logical)
+        self._sync_cold_stats()
+
+    def evict_positions(self, positions: np.ndarray) -> int:
+        """Evict these physical positions now (into the cold store when recall is on)."""
+        view = self.view()
+        index = np.flatnonzero(np.isin(view.positions, positions))
+        if len(index):
+            self._evict(view, index, None)
+            self.stats.tokens_evicted += len(index)
+            self.stats.cells_used = view.n - len(index)
+        return len(index)
+
+    def restore(self, index: np.ndarray | None = None) -> int:
+        """Bring these cold entries (default: all) back into free cells, whatever their score;
+        the hot cache may then exceed the budget until the next update."""
+        if self.cold is None or len(self.cold) == 0:
+            return 0
+        index = np.arange(len(self.cold)) if index is None else np.asarray(index)
+        if len(index) > self.free_cells():
+            raise native.NoFreeCellsError(
+                f"{len(index)} cold tokens do not fit in the {self.free_cells()} free cells"
+            )
+        self._import(self.cold.take(index))
+        self.stats.tokens_recalled += len(index)
+        self.stats.cells_used = int((self._positions >= 0).sum())
+        return len(index)
+
+    def cold_positions_renumbered(self, kept_logical: np.ndarray) -> None:
+        """Survivors were renumbered 0..k-1: a cold token will come back right after the
+        survivor that preceded it (llama.cpp re-rotates its key on import)."""
+        if self.cold is not None and len(self.cold):
+            before = np.searchsorted(np.sort(kept_logical), self.cold.logical)
+            self.cold.pos = np.maximum(before - 1, 0).astype(np.int64)
+
     def reset(self) -> None:
         self.features.reset()
+        if self.cold is not None:
+            self.cold.clear()
+            self._sync_cold_stats()
+        self.last_recalled = np.empty(0, dtype=np.int64)
         self.capture.clear()
         self._positions[:] = -1
         self._logical[:] = -1
@@ -158,13 +308,35 @@ class KVMemory:
             "positions": self._positions.copy(),
             "logical": self._logical.copy(),
             "rng": self.rng.bit_generator.state,
+            "cold": None if self.cold is None else self.cold.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore after llama.cpp restored its cache, which packs the saved cells, in cell
+        order, into the first cells: per-cell state moves along."""
         self.features.load_state_dict(state["features"])
-        self._positions = state["positions"].copy()
-        self._logical = state["logical"].copy()
+        saved = np.asarray(state["positions"])
+        old = np.flatnonzero(saved >= 0)
+        now = native.cell_positions(self.ctx)
+        new = np.flatnonzero(now >= 0)
+        self._positions = np.full(self.n_cells, -1, dtype=np.int32)
+        self._logical = np.full(self.n_cells, -1, dtype=np.int64)
+        if len(old) == len(new) and np.array_equal(saved[old], now[new]):
+            self.features.move_cells(old, new)
+            self._positions[new] = now[new]
+            self._logical[new] = np.asarray(state["logical"])[old]
+        else:  # not the cache this state was saved with: keep positions, forget features
+            self.features.reset()
+            self._positions = now
         self.rng.bit_generator.state = state["rng"]
+        if self.cold is not None:
+            if state.get("cold") is None:
+                self.cold.clear()
+            else:
+                self.cold.load_state_dict(state["cold"])
+            self._sync_cold_stats()
 
     def close(self) -> None:
         self.capture.close()
+        if self.cold is not None:
+            self.cold.close()

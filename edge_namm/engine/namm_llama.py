@@ -18,6 +18,7 @@ import llama_cpp
 import numpy as np
 
 from edge_namm import native
+from edge_namm.engine.cold import ColdStoreError
 from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
 from edge_namm.engine.memory import KVMemory
 from edge_namm.engine.positions import LogicalPositionContext, PositionMap, renumber
@@ -88,7 +89,10 @@ class NammLlama(llama_cpp.Llama):
     none, e.g. to estimate normalisation statistics under a full cache; default: as the policy
     needs), `reposition` (renumber survivors' positions 0..k-1 whenever the next position would
     pass `reposition_limit`, default the model's trained context; see engine/positions.py),
-    `progress` (prefill progress bar). Other arguments go to llama_cpp.Llama;
+    `progress` (prefill progress bar), `recall` (keep evicted tokens byte-exact in a cold store
+    and, after each new prompt, swap back the ones its last `recall_window` tokens attend to;
+    `cold_budget` caps the cold store in tokens, `cold_dir` spills it to memory-mapped files;
+    see engine/recall.py). Other arguments go to llama_cpp.Llama;
     `n_ctx` is derived from the budget and must not be given.
     """
 
@@ -108,6 +112,10 @@ class NammLlama(llama_cpp.Llama):
         reposition: bool = False,
         reposition_limit: int | None = None,
         progress: bool = False,
+        recall: bool = False,
+        recall_window: int = 16,
+        cold_budget: int | None = None,
+        cold_dir: str | None = None,
         flash_attn: bool = False,
         verbose: bool = False,
         seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
@@ -153,6 +161,20 @@ class NammLlama(llama_cpp.Llama):
                 "(streaming, l2, keydiff, random, full)"
             )
         quantized_v = kwargs.get("type_v") not in (None, 0, 1, 30)  # f32, f16, bf16 are fine
+        if recall and (flash_attn or quantized_v):
+            raise EngineConfigError(
+                "recall scores cold tokens with the queries of the attention graph, which flash "
+                "attention (also forced on by a quantized V cache) fuses away: use "
+                "flash_attn=False and an f16/f32 V cache, or recall=False"
+            )
+        if recall and not 0 < recall_window <= chunk:
+            raise EngineConfigError(
+                f"recall_window must be between 1 and chunk ({chunk}) tokens, got {recall_window}"
+            )
+        if cold_budget is not None and cold_budget < 0:
+            raise EngineConfigError(
+                f"cold_budget must be >= 0 tokens (or None for no cap), got {cold_budget}"
+            )
         if quantized_v and record:
             raise EngineConfigError(
                 "a quantized V cache makes llama.cpp use flash attention, which never "
@@ -196,6 +218,12 @@ class NammLlama(llama_cpp.Llama):
             record_attention=record,
             seed=seed if seed != llama_cpp.LLAMA_DEFAULT_SEED else 0,
         )
+        self.recall = recall
+        self.recall_window = recall_window
+        if recall:
+            self._memory.enable_cold(
+                lambda logical: self.input_ids[logical], cold_budget=cold_budget, cold_dir=cold_dir
+            )
         self._since_update = 0
         self._positions = PositionMap()
         self.reposition = reposition
@@ -248,8 +276,52 @@ class NammLlama(llama_cpp.Llama):
         return super().create_completion(prompt, *args, **kwargs)
 
     def eval(self, tokens: Sequence[int]) -> None:
-        """Decode tokens in chunks, folding attention and evicting every update_interval."""
-        self._decode_tokens(list(tokens), None)
+        """Decode tokens in chunks, folding attention and evicting every update_interval; with
+        recall, a prompt (more than one token) ends with a recall from the cold store."""
+        tokens = list(tokens)
+        self._decode_tokens(tokens, None)
+        if self.recall and len(tokens) > 1 and self._memory.cold is not None:
+            if len(self._memory.cold):
+                self._recall(min(self.recall_window, len(tokens)))
+
+    def _recall(self, window: int) -> int:
+        """Capture the queries of the last `window` tokens, swap the cold tokens they attend to
+        into the hot cache, then decode the window again so its logits see them."""
+        mem = self._memory
+        window = min(window, self.n_tokens - self._positions.exact_from)
+        if window <= 0:
+            return 0
+        t0 = time.perf_counter()
+        mem.capture_queries(True)
+        try:
+            self._redecode_last(window)
+            queries = mem.capture.queries().copy()
+            scales = mem.capture.kq_scales()
+        finally:
+            mem.capture_queries(False)
+        # the token before the window must stay: the re-decode continues right after it
+        n = mem.recall(queries, scales, n_protect_recent=window + 1)
+        if n:
+            self._redecode_last(window)
+        mem.stats.seconds_recall += time.perf_counter() - t0
+        return n
+
+    def _redecode_last(self, window: int) -> None:
+        """Remove the newest `window` tokens' cells and decode those tokens again in place."""
+        mem = self._memory
+        start = self.n_tokens - window
+        self._ctx.kv_cache_seq_rm(-1, start, -1)
+        mem.drop_cold_from(start)
+        mem.before_decode()
+        self._batch.set_batch(
+            batch=list(self.input_ids[start : self.n_tokens]),
+            n_past=start - self._positions.shift,
+            logits_all=self._logits_all,
+        )
+        t0 = time.perf_counter()
+        self._ctx.decode(self._batch)
+        mem.stats.seconds_llama += time.perf_counter() - t0
+        mem.after_decode(window, self._positions.shift, fold=False)
 
     def eval_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
         """Decode tokens and return log p(tokens[i] | everything before it) for i >= 1.
@@ -335,6 +407,7 @@ class NammLlama(llama_cpp.Llama):
         self._positions.shift = self.n_tokens - kept
         self._positions.exact_from = self.n_tokens
         self._memory.positions_moved()
+        self._memory.cold_positions_renumbered(self._memory.kept_logical())
 
     def _store_tokens(self, batch: list[int]) -> None:
         """Append to input_ids, growing it: the logical history outlives the physical cache."""
@@ -362,6 +435,15 @@ class NammLlama(llama_cpp.Llama):
     def load_state(self, state: NammLlamaState) -> None:
         if not isinstance(state, NammLlamaState):
             raise TypeError("NammLlama.load_state takes the NammLlamaState from save_state()")
+        cold = self._memory.cold
+        saved_cold = state.memory.get("cold")
+        if cold is not None and saved_cold is not None:
+            cold.check_layout(saved_cold)  # before llama.cpp touches the cache
+        elif saved_cold is not None and len(saved_cold["logical"]):
+            raise ColdStoreError(
+                "this state carries a cold store but this NammLlama was built with recall=False; "
+                "build it with recall=True to load it"
+            )
         super().load_state(state.llama)
         self._memory.load_state_dict(state.memory)
         self._memory.stats.__dict__.update(state.stats)

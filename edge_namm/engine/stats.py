@@ -17,6 +17,14 @@ class MemoryStats:
     updates: int = 0
     seconds_llama: float = 0.0  # inside llama_decode
     seconds_namm: float = 0.0  # folding attention, scoring, evicting
+    # cold tier (recall=True)
+    cold_tokens: int = 0  # evicted tokens held in the cold store
+    cold_bytes: int = 0  # bytes they take there (RAM, or disk with cold_dir)
+    cold_on_disk: bool = False
+    tokens_recalled: int = 0  # cold tokens brought back into the hot cache
+    tokens_forgotten: int = 0  # cold tokens dropped for good (cold_budget)
+    recalls: int = 0
+    seconds_recall: float = 0.0  # scoring, swapping and re-decoding the window
 
     @property
     def kv_bytes_in_use(self) -> int:
@@ -45,6 +53,15 @@ class MemoryStats:
         return (
             f"[kv {self.cells_used}/{self.budget} cells, {self.kv_bytes_in_use / mib:.1f} MiB"
             f" (full cache {self.kv_bytes_full_cache / mib:.1f} MiB) | seen {self.tokens_seen}"
-            f" evicted {self.tokens_evicted} | namm {self.seconds_namm:.2f}s"
+            f" evicted {self.tokens_evicted}{self._cold_part()} | namm {self.seconds_namm:.2f}s"
             f" llama {self.seconds_llama:.2f}s]"
+        )
+
+    def _cold_part(self) -> str:
+        if not (self.cold_tokens or self.recalls):
+            return ""
+        where = "disk" if self.cold_on_disk else "RAM"
+        return (
+            f" | cold {self.cold_tokens} tok, {self.cold_bytes / (1 << 20):.1f} MiB {where},"
+            f" recalled {self.tokens_recalled}"
         )

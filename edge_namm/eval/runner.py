@@ -140,16 +140,29 @@ def _split(value: str | Iterable[Any]) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
+RECALL_SUFFIX = "+recall"
+
+
+def split_policy(name: str) -> tuple[str, bool]:
+    """'tova+recall' -> ('tova', True): recall is a switch on top of any policy."""
+    if name.endswith(RECALL_SUFFIX):
+        return name[: -len(RECALL_SUFFIX)], True
+    return name, False
+
+
 def parse_policies(names: str | Iterable[str] | None) -> list[str]:
-    """Policy names (comma list or iterable; None = all), validated against the registry."""
+    """Policy names (comma list or iterable; None = all), validated against the registry; any
+    name may carry '+recall' (the cold tier with query-aware recall)."""
     if names is None:
         return list(POLICIES)
     out = _split(names)
+    valid = f"valid policies: {', '.join(POLICIES)} (each also as NAME+recall)"
     if not out:
-        raise ValueError(f"no policies given; valid policies: {', '.join(POLICIES)}")
+        raise ValueError(f"no policies given; {valid}")
     for name in out:
-        if name not in POLICIES:
-            raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
+        base, recall = split_policy(name)
+        if base not in POLICIES or (recall and base == "full"):
+            raise ValueError(f"unknown policy {name!r}; {valid}, except full+recall")
     return list(dict.fromkeys(out))
 
 
@@ -406,6 +419,9 @@ def _evaluate(llm: Any, builder: PromptBuilder, job: _Job, tracker: _PeakTracker
         seconds_total=seconds,
         seconds_llama=float(st.seconds_llama),
         seconds_namm=float(st.seconds_namm),
+        tokens_recalled=int(st.tokens_recalled),
+        cold_tokens=int(st.cold_tokens),
+        seconds_recall=float(st.seconds_recall),
     )
 
 
@@ -462,7 +478,7 @@ def run_eval(
     )
     prepared = [(task, builder.prepare(s, mode)) for task, s in pairs]
     scorer_name = None
-    if "namm" in policy_names:
+    if any(split_policy(p)[0] == "namm" for p in policy_names):
         from edge_namm.scorers.default import default_scorer_path
 
         scorer_name = str(scorer) if scorer is not None else default_scorer_path().name
@@ -476,11 +492,12 @@ def run_eval(
     )
     min_cells = {}
     for p in policy_names:
-        pol = make_policy(p, scorer=scorer if p == "namm" else None)
+        p_base = split_policy(p)[0]
+        pol = make_policy(p_base, scorer=scorer if p_base == "namm" else None)
         min_cells[p] = chunk + pol.n_protected
     jobs = _plan(policy_names, budget_list, prepared, base, min_cells)
     for job in jobs:
-        if job.policy == "namm":
+        if split_policy(job.policy)[0] == "namm":
             job.key_row["scorer"] = scorer_name
     done = {row_key(r): r for r in read_results(results_path)}
     todo = [j for j in jobs if row_key(j.key_row) not in done]
@@ -501,10 +518,12 @@ def run_eval(
         with open(results_path, "a", encoding="utf-8") as fh:
             ordered = sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))
             for (policy, cells), group in ordered:
+                base_policy, recall = split_policy(policy)
                 llm = NammLlama(
                     str(model_file),
-                    policy=policy,
-                    scorer=scorer if policy == "namm" else None,
+                    policy=base_policy,
+                    recall=recall,
+                    scorer=scorer if base_policy == "namm" else None,
                     budget=cells,
                     update_interval=update_interval,
                     chunk=chunk,

@@ -1,4 +1,4 @@
-"""Streaming NAMM feature state, indexed by physical KV cell (DESIGN.md §1.2).
+"""Streaming NAMM feature state, indexed by physical KV cell (docs/DESIGN.md §1.2).
 
 A physical cell keeps its token until it is evicted, so the state needs no compaction: the engine
 folds each decode's attention rows with :meth:`AttentionFeatures.fold` and calls
@@ -179,6 +179,16 @@ class AttentionFeatures:
         self._ring[..., cells] = 0.0
         self._ema[..., cells] = 0.0
         self._asum[..., cells] = 0.0
+
+    def move_cells(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Cell ``src[i]``'s state now belongs to cell ``dst[i]``; every other cell starts fresh
+        (llama.cpp compacts cells when it restores a saved state)."""
+        src = np.asarray(src, dtype=np.intp)
+        dst = np.asarray(dst, dtype=np.intp)
+        for arr in (self._ring, self._ema, self._asum):
+            moved = arr[..., src].copy()
+            arr.fill(0.0)
+            arr[..., dst] = moved
 
     def reset(self) -> None:
         """Forget everything (new sequence)."""

@@ -1,4 +1,4 @@
-"""Numba kernels for the streaming NAMM spectrogram (DESIGN.md §1.2).
+"""Numba kernels for the streaming NAMM spectrogram (docs/DESIGN.md §1.2).
 
 The paper computes, at every update, an STFT over the attention received since the previous
 update (with the previous update's last ``n_fft - hop`` values prepended) and folds its frames into

@@ -1,4 +1,4 @@
-"""Turns per-token scores into the set of tokens to evict (DESIGN.md §3)."""
+"""Turns per-token scores into the set of tokens to evict (docs/DESIGN.md §1.4, §3.2)."""
 
 from __future__ import annotations
 

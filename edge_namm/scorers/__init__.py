@@ -1,7 +1,7 @@
 """NAMM scorers: numpy reference implementations, the scorer file, ONNX export and runtime.
 
 Every scorer maps RAW features [R, N, 25] (R = (layer, kv-head) rows, N cells oldest first) to
-float32 scores [R, N]; a negative score means "evict" (DESIGN.md §1.2-1.4). Types (``SCORERS``):
+float32 scores [R, N]; score < 0 means "evict" (docs/DESIGN.md §1.2-1.4). Types (``SCORERS``):
 ``bam`` (4,172 params), ``bam-window`` (same params, windowed backward mask), ``mlp`` (26),
 ``mlp2`` (676).
 

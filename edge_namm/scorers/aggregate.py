@@ -1,6 +1,6 @@
 """Per-cell aggregation of per-(layer, kv-head) scores.
 
-Physical eviction on llama.cpp frees a cell in every layer at once (DESIGN.md §3), so the scores
+Eviction on llama.cpp frees a cell in every layer at once (docs/DESIGN.md §3.1), so the scores
 of all (layer, head) rows are reduced to one score per cell before deciding.
 """
 

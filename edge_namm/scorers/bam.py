@@ -1,4 +1,4 @@
-"""BAM (backward attention memory) scorer, numpy reference (DESIGN.md §1.3).
+"""BAM (backward attention memory) scorer, numpy reference (docs/DESIGN.md §1.3).
 
 One attention head over the cells of each (layer, kv-head) row; the BACKWARD mask lets cell i
 attend only to itself and newer cells (j >= i), so a cell is judged against what came after it.

@@ -3,7 +3,7 @@
 Every scorer takes RAW per-cell features ``x`` of shape [R, N, 25] (R = (layer, kv-head) rows,
 N cells oldest first; dims = 8 age-embedding values then 17 un-normalised spectrogram bins),
 applies its own frozen z-score to dims 8..24 and returns float32 scores [R, N]. A score below
-zero means "evict" (DESIGN.md §1.2-1.4). The normalisation ships with the scorer because the
+zero means "evict" (docs/DESIGN.md §1.2-1.4). The normalisation ships with the scorer because the
 parameters were evolved against it.
 """
 

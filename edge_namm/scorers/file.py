@@ -1,4 +1,4 @@
-"""The scorer file: one JSON document holding everything needed to score (DESIGN.md §1.2-1.3).
+"""The scorer file: one JSON document holding everything needed to score (docs/DESIGN.md §1.2-1.3).
 
 Layout (version 1)::
 

@@ -1,4 +1,4 @@
-"""Per-cell MLP scorers (DESIGN.md §1.3): no interaction between cells, O(N) and cheap.
+"""Per-cell MLP scorers (docs/DESIGN.md §1.3): no interaction between cells, O(N) and cheap.
 
 ``mlp``: linear 25 -> 1 (the reference default, 26 params).
 ``mlp2``: h = z + relu(z @ W1 + b1) (25 -> 25, residual), score = h @ W2 + b2 (676 params).

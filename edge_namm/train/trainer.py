@@ -1,4 +1,4 @@
-"""CMA-ES training of NAMM scorers (DESIGN.md §1.5), made feasible on a small CPU.
+"""CMA-ES training of NAMM scorers (docs/DESIGN.md §1.5), made feasible on a small CPU.
 
 The run is a schedule of steps: for every stage (a task list), ``offline_generations`` on
 recorded full-cache features against an importance signal (phase 1, ``record.py``), then

@@ -1,0 +1,315 @@
+"""The cold tier: evicted tokens kept byte-exact and recalled by the queries of a new prompt.
+
+Tiny random GGUFs (llama and Gemma 3 iSWA shapes) check the mechanics exactly; the real SmolLM2
+model checks that a fact evicted mid-context comes back when the question needs it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_gguf import PRESETS, write_llama_gguf
+
+from edge_namm import NammLlama, native
+from edge_namm.engine import EngineConfigError
+from edge_namm.engine.cold import ColdStoreError
+from edge_namm.engine.recall import choose_swaps, recall_scores
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    return str(write_llama_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1))
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny") / "gemma3.gguf"
+    return str(write_llama_gguf(path, seed=2, **PRESETS["tiny-gemma3"]))
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def any_tiny(request, tiny_llama, tiny_gemma3) -> str:
+    return tiny_llama if request.param == "llama" else tiny_gemma3
+
+
+def _tokens(llm: NammLlama, n: int) -> list[int]:
+    text = b"edge devices run small language models with a bounded memory of what was said "
+    tokens = llm.tokenize(text * (n // 8 + 2))[:n]
+    assert len(tokens) == n
+    return tokens
+
+
+def _last_logits(llm: NammLlama) -> np.ndarray:
+    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
+
+
+def _engine(path: str, **kw) -> NammLlama:
+    args = dict(policy="full", budget=224, update_interval=32, chunk=32, n_threads=1, seed=0)
+    args.update(kw)
+    return NammLlama(path, **args)
+
+
+# --- the pure scoring / selection rules -----------------------------------------------------
+def test_recall_scores_single_out_the_key_a_query_points_at():
+    rng = np.random.default_rng(0)
+    n_layer, n_head, n_head_kv, window, d, n = 2, 4, 2, 3, 8, 50
+    keys = rng.standard_normal((n_layer, n, n_head_kv * d)).astype(np.float32) * 0.1
+    queries = rng.standard_normal((n_layer, n_head, window, d)).astype(np.float32) * 0.1
+    # head 3 (KV head 1) of layer 1 looks hard at token 17 from every window query
+    queries[1, 3] = 0
+    queries[1, 3, :, 0] = 5.0
+    keys[1, 17, d : d + 1] = 5.0
+    scores = recall_scores(queries, np.ones(n_layer, np.float32), keys, n_head_kv)
+    assert scores.shape == (n,)
+    assert int(np.argmax(scores)) == 17
+    assert scores[17] > 0.9
+    assert np.all(scores <= 1.0 + 1e-6)
+
+
+def test_choose_swaps_only_trades_up_and_never_moves_protected():
+    hot = np.array([5.0, 0.1, 0.2, 0.9, 0.05])
+    cold = np.array([0.15, 0.8, 0.01])
+    protected = np.array([False, False, False, False, True])
+    out_hot, in_cold = choose_swaps(hot, cold, protected)
+    # cold 0.8 beats hot 0.1; cold 0.15 beats hot 0.2? no -> one swap
+    assert out_hot.tolist() == [1] and in_cold.tolist() == [1]
+    assert len(choose_swaps(hot, np.array([0.0]), protected)[0]) == 0
+
+
+# --- native export / import ------------------------------------------------------------------
+def test_export_import_round_trip_is_byte_exact(any_tiny):
+    llm = _engine(any_tiny)
+    try:
+        llm.eval(_tokens(llm, 100))
+        ctx, layout = llm._ctx.ctx, native.cell_layout(llm._ctx.ctx)
+        cells = llm.memory.view().cells[20:40]
+        k, v = native.export_cells(ctx, cells, layout)
+        assert k.shape == (layout.n_layer, 20, layout.k_bytes) and k.any() and v.any()
+        positions = native.cell_positions(ctx)[cells]
+        native.remove_positions(ctx, positions)
+        fresh = native.import_cells(ctx, positions, k, v)
+        assert sorted(native.cell_positions(ctx)[fresh]) == sorted(positions)
+        k2, v2 = native.export_cells(ctx, fresh, layout)
+        assert np.array_equal(k, k2) and np.array_equal(v, v2)
+        with pytest.raises(native.NoFreeCellsError):
+            native.import_cells(
+                ctx,
+                np.arange(1000, 2000),
+                *native.export_cells(ctx, np.zeros(1000, dtype=np.int32), layout),
+            )
+    finally:
+        llm.close()
+
+
+def test_span_evicted_to_cold_and_recalled_gives_the_same_logits(any_tiny):
+    """Against a cache that never evicted: the recalled K/V are the very bytes, in other cells.
+    The span lies outside Gemma 3's 64-token window: its windowed layers never see it again
+    (recall restores the full-attention layers, where old tokens live)."""
+    tokens = _tokens(_probe := _engine(any_tiny), 120)
+    _probe.close()
+    ref = _engine(any_tiny)
+    ours = _engine(any_tiny, recall=True)
+    try:
+        ref.eval(tokens)
+        ref.eval([tokens[5]])
+        want = _last_logits(ref)
+
+        ours.eval(tokens)
+        span = np.arange(10, 50)
+        assert ours.memory.evict_positions(span) == len(span)
+        assert ours.stats.cold_tokens == len(span)
+        assert (
+            ours.stats.cold_bytes >= len(span) * native.cell_layout(ours._ctx.ctx).bytes_per_token
+        )
+        # without the span the next logits differ (the test can fail) ...
+        state = ours.save_state()
+        ours.eval([tokens[5]])
+        assert not np.allclose(_last_logits(ours), want, atol=1e-4)
+        ours.load_state(state)
+        # ... and with it recalled they are the same
+        assert ours.memory.restore() == len(span)
+        assert ours.stats.cold_tokens == 0
+        assert sorted(ours.kept_positions().tolist()) == list(range(len(tokens)))
+        ours.eval([tokens[5]])
+        np.testing.assert_allclose(_last_logits(ours), want, atol=1e-4, rtol=1e-4)
+    finally:
+        ref.close()
+        ours.close()
+
+
+def test_recall_keeps_hot_size_and_accounts_for_every_token(any_tiny):
+    """A streaming cache evicts the middle; each new prompt swaps, never grows the hot cache,
+    and every token seen is hot, cold or (with cold_budget) counted as forgotten."""
+    llm = _engine(any_tiny, policy="streaming", budget=96, recall=True, policy_kwargs={"n_sink": 4})
+    peaks: list[int] = []
+    llm.memory.on_update.append(lambda view, evicted: peaks.append(view.n - len(evicted)))
+    try:
+        tokens = _tokens(llm, 400)
+        llm.eval(tokens[:300])
+        hot_before = len(llm.kept_positions())
+        llm.eval(tokens[300:340])
+        st = llm.stats
+        assert st.recalls >= 1 and st.cold_tokens > 0
+        assert len(llm.kept_positions()) <= max(hot_before, 96 + 32)
+        assert max(peaks) <= 96
+        hot = set(llm.kept_positions().tolist())
+        cold = set(llm.memory.cold.logical.tolist())
+        assert not hot & cold
+        assert hot | cold == set(range(340))
+        out = llm.create_completion(tokens[340:360], max_tokens=8, temperature=0.0)
+        assert out["choices"][0]["text"] is not None
+    finally:
+        llm.close()
+
+
+def test_cold_budget_forgets_lowest_scored_and_counts_them(tiny_llama):
+    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True, cold_budget=50)
+    try:
+        llm.eval(_tokens(llm, 300))
+        assert llm.stats.cold_tokens == 50
+        assert llm.stats.tokens_forgotten == llm.stats.tokens_evicted - 50 > 0
+        assert "cold 50 tok" in llm.stats.status_line()
+    finally:
+        llm.close()
+
+
+def test_cold_dir_spills_to_memory_mapped_files(tiny_llama, tmp_path):
+    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True, cold_dir=str(tmp_path))
+    try:
+        llm.eval(_tokens(llm, 300))
+        assert llm.stats.cold_on_disk and llm.stats.cold_tokens > 0
+        files = list(tmp_path.rglob("*.bin"))
+        assert 1 <= len(files) <= 3  # K, V, scoring keys: not one file per token
+        assert sum(f.stat().st_size for f in files) >= llm.memory.cold.kv_bytes
+    finally:
+        llm.close()
+    assert not list(tmp_path.rglob("*.bin"))  # closing removes its files
+
+
+def test_unwritable_cold_dir_warns_and_keeps_everything_in_ram(tiny_llama, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.warns(RuntimeWarning, match="cannot use cold_dir"):
+        llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True, cold_dir=str(blocker))
+    try:
+        llm.eval(_tokens(llm, 300))
+        assert not llm.stats.cold_on_disk
+        assert llm.stats.cold_tokens == llm.stats.tokens_evicted > 0
+    finally:
+        llm.close()
+
+
+def test_save_and_load_state_carry_the_cold_store(tiny_llama):
+    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True)
+    try:
+        tokens = _tokens(llm, 300)
+        llm.eval(tokens[:250])
+        state = llm.save_state()
+        cold_before = llm.memory.cold.logical.copy()
+        llm.eval(tokens[250:])
+        llm.load_state(state)
+        assert np.array_equal(llm.memory.cold.logical, cold_before)
+        assert llm.stats.cold_tokens == len(cold_before)
+    finally:
+        llm.close()
+    other = _engine(tiny_llama, policy="streaming", budget=96, recall=True, type_k=0)  # f32 K
+    try:
+        with pytest.raises(ColdStoreError, match="another model or KV cache shape"):
+            other.load_state(state)
+    finally:
+        other.close()
+
+
+def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_llama):
+    llm = _engine(
+        tiny_llama,
+        policy="streaming",
+        budget=96,
+        recall=True,
+        reposition=True,
+        reposition_limit=96 + 2 * 32,
+    )
+    try:
+        tokens = _tokens(llm, 600)
+        llm.eval(tokens[:500])
+        llm.eval(tokens[500:540])
+        positions = native.cell_positions(llm._ctx.ctx)
+        assert positions.max() < 96 + 2 * 32 + 40
+        out = llm.create_completion(tokens[540:560], max_tokens=8, temperature=0.0)
+        assert out["usage"]["completion_tokens"] > 0
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(recall=True, flash_attn=True), "flash attention"),
+        (dict(recall=True, cold_budget=-1), "cold_budget"),
+        (dict(recall=True, recall_window=0), "recall_window"),
+    ],
+)
+def test_bad_recall_settings_are_refused_with_the_reason(tiny_llama, kwargs, match):
+    with pytest.raises(EngineConfigError, match=match):
+        _engine(tiny_llama, policy="streaming", **kwargs)
+
+
+# --- the real model ----------------------------------------------------------------------------
+FACT = "The secret pass key is 73914. Remember it."
+QUESTION = "What is the secret pass key? Answer with the number only."
+
+
+def _passkey_messages(n_filler: int) -> list[dict]:
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. " * n_filler
+    half = len(filler) // 2
+    return [{"role": "user", "content": filler[:half] + FACT + " " + filler[half:] + QUESTION}]
+
+
+def _answer(llm: NammLlama, messages: list[dict]) -> str:
+    out = llm.create_chat_completion(messages=messages, max_tokens=12, temperature=0.0)
+    return out["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("policy", ["streaming", "namm"])
+def test_passkey_evicted_mid_context_comes_back_with_recall(model_path, policy):
+    """At a ~25% budget the pass key is evicted; the question recalls it (and without recall
+    the same cache cannot answer: the test can fail)."""
+    messages = _passkey_messages(90)  # ~1.7k tokens
+    kw = dict(policy=policy, budget=384, update_interval=256, chunk=128, seed=0)
+    full = NammLlama(model_path, policy="full", budget=2048, update_interval=256, chunk=128)
+    try:
+        assert "73914" in _answer(full, messages)
+    finally:
+        full.close()
+    without = NammLlama(model_path, **kw)
+    try:
+        assert "73914" not in _answer(without, messages)
+    finally:
+        without.close()
+    llm = NammLlama(model_path, recall=True, **kw)
+    try:
+        assert "73914" in _answer(llm, messages)
+        assert llm.stats.tokens_recalled > 0
+        assert llm.stats.max_cells_after_update <= 384
+    finally:
+        llm.close()
+
+
+def test_recalling_everything_makes_greedy_output_equal_to_full(model_path):
+    prompt = "Edge devices keep a bounded memory. " * 40 + "Tell me about memory:"
+    full = NammLlama(model_path, policy="full", budget=1024, update_interval=256, chunk=128)
+    ours = NammLlama(
+        model_path, policy="streaming", budget=1024, update_interval=256, chunk=128, recall=True
+    )
+    try:
+        want = full.create_completion(prompt, max_tokens=24, temperature=0.0)["choices"][0]
+        tokens = ours.tokenize(prompt.encode())
+        ours.eval(tokens)
+        ours.memory.evict_positions(np.arange(10, len(tokens) - 20))
+        assert ours.memory.restore() > 0
+        # the prompt is cached exactly: generation continues from the restored cache
+        got = ours.create_completion(tokens, max_tokens=24, temperature=0.0)["choices"][0]
+        assert got["text"] == want["text"] and got["text"]
+    finally:
+        full.close()
+        ours.close()
