@@ -266,12 +266,14 @@ extern "C" int32_t edge_namm_capture_count(const edge_namm_capture * cap) {
 
 extern "C" void edge_namm_capture_clear(edge_namm_capture * cap) {
     std::fill(cap->count.begin(), cap->count.end(), 0);
-    std::fill(cap->q_count.begin(), cap->q_count.end(), 0);
     cap->overflow = false;
 }
 
 extern "C" void edge_namm_capture_set_modes(edge_namm_capture * cap, bool rows, bool queries) {
     cap->want_rows = rows;
+    if (queries && !cap->want_queries) {
+        std::fill(cap->q_count.begin(), cap->q_count.end(), 0);  // a new query window starts
+    }
     cap->want_queries = queries;
     if (queries && cap->q_rows.empty()) {
         cap->q_rows.assign((size_t) cap->n_layer * cap->n_head * cap->max_queries * cap->head_dim, 0.0f);

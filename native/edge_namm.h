@@ -56,7 +56,8 @@ LLAMA_API int32_t edge_namm_read_keys(struct llama_context * ctx, int32_t il, fl
 
 // Query capture (for query-aware recall): while on and the capture is armed, the queries each
 // layer's attention uses (after RoPE and any norm) are appended as float32
-// [n_layer][n_head][max_queries][head_dim]. Attention-row capture can be switched off meanwhile.
+// [n_layer][n_head][max_queries][head_dim]; switching it on starts an empty window (clear only
+// resets attention rows). Attention-row capture can be switched off meanwhile.
 LLAMA_API void    edge_namm_capture_set_modes(edge_namm_capture * cap, bool rows, bool queries);
 LLAMA_API float * edge_namm_capture_q_data(edge_namm_capture * cap);
 // Complete query rows since the last clear (equal across layers), or -1 (overflow/inconsistent).

@@ -13,7 +13,7 @@ from tiny_gguf import PRESETS, write_llama_gguf
 from edge_namm import NammLlama, native
 from edge_namm.engine import EngineConfigError
 from edge_namm.engine.cold import ColdStoreError
-from edge_namm.engine.recall import choose_swaps, recall_scores
+from edge_namm.engine.recall import EXACT_LIMIT, PAGE, TOP_PAGES, choose_swaps, recall_scores
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +50,39 @@ def _engine(path: str, **kw) -> NammLlama:
 
 
 # --- the pure scoring / selection rules -----------------------------------------------------
-def test_recall_scores_single_out_the_key_a_query_points_at():
-    rng = np.random.default_rng(0)
-    n_layer, n_head, n_head_kv, window, d, n = 2, 4, 2, 3, 8, 50
+def _planted(n: int, needle: int, seed: int = 0):
+    """Random queries/keys where head 3 (KV head 1) of layer 1 looks hard at one token."""
+    rng = np.random.default_rng(seed)
+    n_layer, n_head, n_head_kv, window, d = 2, 4, 2, 3, 8
     keys = rng.standard_normal((n_layer, n, n_head_kv * d)).astype(np.float32) * 0.1
     queries = rng.standard_normal((n_layer, n_head, window, d)).astype(np.float32) * 0.1
-    # head 3 (KV head 1) of layer 1 looks hard at token 17 from every window query
     queries[1, 3] = 0
     queries[1, 3, :, 0] = 5.0
-    keys[1, 17, d : d + 1] = 5.0
-    scores = recall_scores(queries, np.ones(n_layer, np.float32), keys, n_head_kv)
-    assert scores.shape == (n,)
-    assert int(np.argmax(scores)) == 17
-    assert scores[17] > 0.9
-    assert np.all(scores <= 1.0 + 1e-6)
+    keys[1, needle, d : d + 1] = 5.0
+    return queries, np.ones(n_layer, np.float32), keys, n_head_kv
+
+
+def test_recall_scores_single_out_the_key_a_query_points_at():
+    queries, scales, keys, n_head_kv = _planted(50, needle=17)
+    hot, cold = recall_scores(queries, scales, keys[:, :20], keys[:, 20:], n_head_kv)
+    assert hot.shape == (20,) and cold.shape == (30,)
+    assert int(np.argmax(np.r_[hot, cold])) == 17
+    # log-attention next to the hot tokens: the needle takes nearly all of it
+    assert hot[17] > np.log(0.9) and np.all(hot <= 1e-5)
+
+
+def test_page_digests_find_the_needle_in_a_large_cold_store():
+    n = EXACT_LIMIT * 2
+    queries, scales, keys, n_head_kv = _planted(n + 100, needle=100 + 5000)
+    hot_keys, cold_keys = keys[:, :100], keys[:, 100:].astype(np.float16)
+    pages = cold_keys.astype(np.float32).reshape(2, n // PAGE, PAGE, -1)
+    digests = (pages.min(axis=2), pages.max(axis=2))
+    _, exact = recall_scores(queries, scales, hot_keys, cold_keys, n_head_kv)
+    _, paged = recall_scores(queries, scales, hot_keys, cold_keys, n_head_kv, digests)
+    assert int(np.argmax(paged)) == int(np.argmax(exact)) == 5000
+    assert np.isfinite(paged).sum() <= TOP_PAGES * PAGE
+    finite = np.isfinite(paged)
+    np.testing.assert_allclose(paged[finite], exact[finite], rtol=1e-5, atol=1e-5)
 
 
 def test_choose_swaps_only_trades_up_and_never_moves_protected():
@@ -313,3 +332,19 @@ def test_recalling_everything_makes_greedy_output_equal_to_full(model_path):
     finally:
         full.close()
         ours.close()
+
+
+def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_llama):
+    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True)
+    try:
+        llm.eval(_tokens(llm, 400))
+        cold = llm.memory.cold
+        cold.take(np.array([3, 17, 40]))
+        lo, hi = cold.digests()
+        keys = cold.keys().astype(np.float32)
+        for p in range(lo.shape[1]):
+            block = keys[:, p * PAGE : (p + 1) * PAGE]
+            np.testing.assert_array_equal(lo[:, p], block.min(axis=1))
+            np.testing.assert_array_equal(hi[:, p], block.max(axis=1))
+    finally:
+        llm.close()

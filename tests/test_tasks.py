@@ -36,6 +36,7 @@ from edge_namm.tasks.metrics import (
     levenshtein_distance,
     levenshtein_ratio,
 )
+from edge_namm.tasks.conversation import MESSAGE_OVERHEAD
 from edge_namm.tasks.synthetic import CODE_ITEMS, KEY_WORDS, split_of
 
 
@@ -69,6 +70,8 @@ def test_generators_deterministic(task: str, hs: Haystack) -> None:
 def test_length_close_to_target(task: str, length: int, hs: Haystack) -> None:
     for s in make_samples(task, 3, length, seed=1, haystack=hs):
         n = approx_count_tokens(s.prompt("after"))
+        if task == "conversation":  # the length aims at the chat-formatted prompt
+            n += MESSAGE_OVERHEAD * (len(s.meta["messages"]) + 1)
         assert abs(n - length) <= 0.03 * length + 10, (task, n, length)
         assert s.length == length
     if task == "lm":
@@ -476,3 +479,14 @@ def test_longbench_table_matches_upstream_lengths() -> None:
     }  # fmt: skip
     assert {k: v.max_new_tokens for k, v in LONGBENCH_DATASETS.items()} == expected
     assert all(v.metric in METRICS for v in LONGBENCH_DATASETS.values())
+
+
+def test_conversation_facts_come_early_and_the_question_last(hs: Haystack) -> None:
+    for s in make_samples("conversation", 4, 3000, seed=2, haystack=hs):
+        messages = s.meta["messages"]
+        roles = [m["role"] for m in messages]
+        assert roles == ["user", "assistant"] * (len(messages) // 2)
+        facts = [i for i, m in enumerate(messages) if "remember this for later" in m["content"]]
+        assert len(facts) == 3 and facts[-1] < 0.6 * len(messages)
+        assert any(s.answers[0] in messages[i]["content"] for i in facts)
+        assert s.meta["key"] in s.question and s.answers[0] not in s.question

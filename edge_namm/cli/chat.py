@@ -50,12 +50,14 @@ def render_memory(llm, width: int = 2000) -> str:
     text = "".join(parts)
     if len(text) > width:
         text = "..." + text[-width:]
-    summary = f"({len(kept)} of {llm.n_tokens} tokens kept"
+    summary = f"({len(kept)} of {llm.n_tokens} tokens kept)"
     if cold_store is not None:
         st = llm.stats
         where = "on disk" if st.cold_on_disk else "in RAM"
-        summary += f", {st.cold_tokens} cold ({st.cold_bytes / (1 << 20):.1f} MiB {where})"
-    summary += ")"
+        summary += (
+            f"\ncold store: {st.cold_tokens} tokens, {st.cold_bytes / (1 << 20):.1f} MiB {where};"
+            f" {st.tokens_recalled} recalled so far, {st.tokens_forgotten} forgotten for good"
+        )
     recalled = llm.memory.last_recalled
     if len(recalled):
         words = llm.detokenize(llm.input_ids[recalled].tolist()).decode("utf-8", errors="replace")

@@ -10,6 +10,7 @@ the lowest-scored ones are forgotten for good and counted.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_namm.engine.recall import PAGE
 from edge_namm.native import CellLayout
 
 _META = ("rot_pos", "pos", "logical", "tokens", "score")
@@ -34,7 +36,7 @@ class ColdBatch:
 
     k: np.ndarray  # [n_layer, n, k_bytes] uint8
     v: np.ndarray  # [n_layer, n, v_bytes] uint8
-    keys: np.ndarray  # [n_layer, n, n_embd_k] float32
+    keys: np.ndarray  # [n_layer, n, n_embd_k] keys for scoring (stored as float16)
     rot_pos: np.ndarray  # [n] position each key was rotated at
     pos: np.ndarray  # [n] position to take when recalled (differs after re-positioning)
     logical: np.ndarray  # [n] logical position in the conversation
@@ -53,6 +55,7 @@ class _Arrays:
         self.widths = widths
         self.folder = folder
         self.capacity = 0
+        self._maps: dict[str, mmap.mmap] = {}
         self.data: dict[str, np.ndarray] = {
             name: np.empty((n_layer, 0, w), dtype=dt) for name, (w, dt) in widths.items()
         }
@@ -67,20 +70,42 @@ class _Arrays:
             if self.folder is None:
                 arr = np.empty(shape, dtype=dtype)
             else:
-                path = self.folder / f"{name}.{capacity}.bin"
-                arr = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+                arr = self._map(self.folder / f"{name}.bin", shape, dtype)
             arr[:, :used] = self.data[name][:, :used]
             fresh[name] = arr
-        old = self.data
         self.data = fresh
         self.capacity = capacity
-        if self.folder is not None:
-            for arr in old.values():
-                if isinstance(arr, np.memmap):
-                    path = Path(arr.filename)
-                    del arr
-                    path.unlink(missing_ok=True)
-            del old
+        self.release()
+
+    def _map(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A shared file mapping: its pages can be handed back to the page cache (release)."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        tmp = path.with_name(path.name + ".new")
+        with open(tmp, "w+b") as f:
+            f.truncate(nbytes)
+            mm = mmap.mmap(f.fileno(), nbytes)
+        self._maps[tmp.name] = mm
+        return np.frombuffer(mm, dtype=dtype).reshape(shape)
+
+    def release(self) -> None:
+        """Drop mapped pages from this process (they stay in the file / page cache), so the
+        resident memory does not grow with the cold store."""
+        if self.folder is None:
+            return
+        for name in list(self._maps):
+            if name.endswith(".new"):  # the arrays just made: older mappings go
+                final = self.folder / name[: -len(".new")]
+                (self.folder / name).replace(final)
+                old = self._maps.pop(final.name, None)
+                self._maps[final.name] = self._maps.pop(name)
+                if old is not None:
+                    try:
+                        old.close()
+                    except BufferError:  # a view still exported: the GC closes it later
+                        pass
+        for mm in self._maps.values():
+            if hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
     @property
     def nbytes_per_token(self) -> int:
@@ -110,6 +135,9 @@ class ColdStore:
             self._folder = self._open_folder(Path(cold_dir))
         self._arrays = self._new_arrays(self._folder)
         self.n = 0
+        self._pmin = np.zeros((layout.n_layer, 0, layout.n_embd_k), dtype=np.float32)
+        self._pmax = np.zeros((layout.n_layer, 0, layout.n_embd_k), dtype=np.float32)
+        self._dirty: set[int] = set()
         self.rot_pos = np.empty(0, dtype=np.int64)
         self.pos = np.empty(0, dtype=np.int64)
         self.logical = np.empty(0, dtype=np.int64)
@@ -121,7 +149,7 @@ class ColdStore:
         widths = {
             "k": (lay.k_bytes, np.dtype(np.uint8)),
             "v": (lay.v_bytes, np.dtype(np.uint8)),
-            "keys": (lay.n_embd_k, np.dtype(np.float32)),
+            "keys": (lay.n_embd_k, np.dtype(np.float16)),
         }
         return _Arrays(lay.n_layer, widths, folder)
 
@@ -162,8 +190,43 @@ class ColdStore:
         return self.n * self.layout.bytes_per_token
 
     def keys(self) -> np.ndarray:
-        """Scoring keys of every cold token, [n_layer, n, n_embd_k] float32 (a view)."""
+        """Scoring keys of every cold token, [n_layer, n, n_embd_k] float16 (a view)."""
         return self._arrays.data["keys"][:, : self.n]
+
+    def digests(self) -> tuple[np.ndarray, np.ndarray]:
+        """Element-wise (min, max) of the scoring keys per page of PAGE cold tokens in store
+        order, float32 [n_layer, n_pages, n_embd_k]; kept up to date lazily."""
+        n_pages = -(-self.n // PAGE)
+        lay = self.layout
+        if self._pmin.shape[1] < n_pages:
+            grow = max(n_pages, 2 * self._pmin.shape[1])
+            for name in ("_pmin", "_pmax"):
+                old = getattr(self, name)
+                new = np.zeros((lay.n_layer, grow, lay.n_embd_k), dtype=np.float32)
+                new[:, : old.shape[1]] = old
+                setattr(self, name, new)
+        dirty = sorted(p for p in self._dirty if p < n_pages)
+        keys = self._arrays.data["keys"]
+        # a run of whole pages at once, the rest (holes left by take, the last page) one by one
+        full = [p for p in dirty if (p + 1) * PAGE <= self.n]
+        runs = np.split(np.asarray(full), np.flatnonzero(np.diff(full) != 1) + 1) if full else []
+        for run in runs:
+            a, b = int(run[0]), int(run[-1]) + 1
+            block = keys[:, a * PAGE : b * PAGE].reshape(lay.n_layer, b - a, PAGE, -1)
+            self._pmin[:, a:b] = block.min(axis=2)
+            self._pmax[:, a:b] = block.max(axis=2)
+        for p in set(dirty) - set(full):
+            block = keys[:, p * PAGE : min((p + 1) * PAGE, self.n)]
+            self._pmin[:, p] = block.min(axis=1)
+            self._pmax[:, p] = block.max(axis=1)
+        self._dirty.clear()
+        self._arrays.release()
+        return self._pmin[:, :n_pages], self._pmax[:, :n_pages]
+
+    def _mark(self, start: int, end: int) -> None:
+        """Entries [start, end) changed: their pages' digests are stale."""
+        if end > start:
+            self._dirty.update(range(start // PAGE, (end - 1) // PAGE + 1))
 
     # --- moving tokens in and out ------------------------------------------------------------
     def add(self, batch: ColdBatch) -> None:
@@ -190,7 +253,9 @@ class ColdStore:
         self.logical = np.r_[self.logical, batch.logical.astype(np.int64)]
         self.tokens = np.r_[self.tokens, batch.tokens.astype(np.int32)]
         self.score = np.r_[self.score, batch.score.astype(np.float32)]
+        self._mark(self.n, end)
         self.n = end
+        self._arrays.release()
         if self.cold_budget is not None and self.n > self.cold_budget:
             worst = np.argsort(self.score, kind="stable")[: self.n - self.cold_budget]
             self.take(worst)
@@ -220,6 +285,9 @@ class ColdStore:
         if len(movers):
             for arr in d.values():
                 arr[:, holes] = arr[:, movers]
+            for h in holes:
+                self._mark(int(h), int(h) + 1)
+        self._mark(new_n, self.n)
         for name in _META:
             a = getattr(self, name)
             a[holes] = a[movers]

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_namm import native
 from edge_namm.engine.cold import ColdBatch, ColdStore
-from edge_namm.engine.recall import choose_swaps, recall_scores
+from edge_namm.engine.recall import EXACT_LIMIT, choose_swaps, pool_neighbours, recall_scores
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
@@ -55,6 +55,7 @@ class KVMemory:
         self.on_update: list[
             Callable[[CacheView, np.ndarray], None]
         ] = []  # observers (tests, eval)
+        self._rows_armed = True  # False while the capture is armed for queries only
         self.cold: ColdStore | None = None
         self.token_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.last_recalled = np.empty(0, dtype=np.int64)  # logical positions, last recall
@@ -102,7 +103,7 @@ class KVMemory:
         """Fold the new attention rows; `shift` = logical - physical position of new tokens.
         `fold=False` for a re-decode of tokens already seen (recall's window)."""
         t0 = time.perf_counter()
-        if self.capture.armed and fold:
+        if self.capture.armed and fold and self._rows_armed:
             self.features.fold(self.capture.rows())
             self.capture.clear()
         now = native.cell_positions(self.ctx)
@@ -202,18 +203,18 @@ class KVMemory:
 
     # --- recall ----------------------------------------------------------------------------
     def capture_queries(self, on: bool) -> None:
-        """Record queries (and no attention rows) on the next decodes, or go back to normal."""
+        """Also record queries on the next decodes (attention rows stay as the policy needs),
+        or go back to rows only."""
         if on:
-            self.capture.clear()
-            self.capture.set_modes(rows=False, queries=True)
-            self._was_armed = self.capture.armed
+            self._rows_armed = self.capture.armed
+            self.capture.set_modes(rows=self._rows_armed, queries=True)
             if not self.capture.armed:
                 self.capture.arm()
         else:
             self.capture.set_modes(rows=True, queries=False)
-            if not self._was_armed:
+            if not self._rows_armed:
                 self.capture.disarm()
-            self.capture.clear()
+            self._rows_armed = True
 
     def drop_cold_from(self, logical_start: int) -> None:
         """Forget cold copies of tokens at or after a logical position (they are re-decoded)."""
@@ -223,22 +224,34 @@ class KVMemory:
                 self.cold.take(stale)
                 self._sync_cold_stats()
 
-    def recall(self, queries: np.ndarray, scales: np.ndarray, n_protect_recent: int) -> int:
-        """Swap the cold tokens the queries attend to most for the hot tokens they attend to
-        least (the hot cache keeps its size); returns how many came back."""
+    def recall(
+        self,
+        queries: np.ndarray,
+        scales: np.ndarray,
+        n_protect_recent: int,
+        max_in: int | None = None,
+    ) -> int:
+        """Swap the cold tokens the queries attend to most (at most `max_in`) for the hot
+        tokens they attend to least (the hot cache keeps its size); returns how many came back."""
         t0 = time.perf_counter()
         cold = self.cold
         self.last_recalled = np.empty(0, dtype=np.int64)
         if cold is None or len(cold) == 0:
             return 0
         view = self.view()
-        keys = np.concatenate([self.read_keys(view.cells), cold.keys()], axis=1)
-        scores = recall_scores(queries, scales, keys, self.n_head_kv)
-        hot_scores, cold_scores = scores[: view.n], scores[view.n :]
+        hot_scores, cold_scores = recall_scores(
+            queries,
+            scales,
+            self.read_keys(view.cells),
+            cold.keys(),
+            self.n_head_kv,
+            digests=cold.digests() if len(cold) > EXACT_LIMIT else None,
+        )
         protected = np.zeros(view.n, dtype=bool)
         protected[: self.policy.n_sink] = True
         protected[max(view.n - max(self.policy.n_recent, n_protect_recent, 1), 0) :] = True
-        out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected)
+        cold_scores = pool_neighbours(cold_scores, cold.logical)
+        out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected, max_in)
         n = len(in_cold)
         if n:
             back = cold.take(in_cold)

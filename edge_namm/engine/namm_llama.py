@@ -90,7 +90,9 @@ class NammLlama(llama_cpp.Llama):
     needs), `reposition` (renumber survivors' positions 0..k-1 whenever the next position would
     pass `reposition_limit`, default the model's trained context; see engine/positions.py),
     `progress` (prefill progress bar), `recall` (keep evicted tokens byte-exact in a cold store
-    and, after each new prompt, swap back the ones its last `recall_window` tokens attend to;
+    and, after each new prompt, swap back the ones its last `recall_window` tokens attend to,
+    at most `recall_max` per prompt (default budget / 4), then decode the last
+    `recall_redecode` tokens again (default: the whole window) so they see them;
     `cold_budget` caps the cold store in tokens, `cold_dir` spills it to memory-mapped files;
     see engine/recall.py). Other arguments go to llama_cpp.Llama;
     `n_ctx` is derived from the budget and must not be given.
@@ -114,6 +116,8 @@ class NammLlama(llama_cpp.Llama):
         progress: bool = False,
         recall: bool = False,
         recall_window: int = 16,
+        recall_redecode: int | None = None,
+        recall_max: int | None = None,
         cold_budget: int | None = None,
         cold_dir: str | None = None,
         flash_attn: bool = False,
@@ -220,6 +224,8 @@ class NammLlama(llama_cpp.Llama):
         )
         self.recall = recall
         self.recall_window = recall_window
+        self.recall_redecode = recall_redecode
+        self.recall_max = max(16, budget // 4) if recall_max is None else recall_max
         if recall:
             self._memory.enable_cold(
                 lambda logical: self.input_ids[logical], cold_budget=cold_budget, cold_dir=cold_dir
@@ -279,32 +285,21 @@ class NammLlama(llama_cpp.Llama):
         """Decode tokens in chunks, folding attention and evicting every update_interval; with
         recall, a prompt (more than one token) ends with a recall from the cold store."""
         tokens = list(tokens)
-        self._decode_tokens(tokens, None)
-        if self.recall and len(tokens) > 1 and self._memory.cold is not None:
-            if len(self._memory.cold):
-                self._recall(min(self.recall_window, len(tokens)))
-
-    def _recall(self, window: int) -> int:
-        """Capture the queries of the last `window` tokens, swap the cold tokens they attend to
-        into the hot cache, then decode the window again so its logits see them."""
-        mem = self._memory
-        window = min(window, self.n_tokens - self._positions.exact_from)
-        if window <= 0:
-            return 0
+        cold = self._memory.cold
+        # a cold store still empty may fill during this prompt: capture the queries anyway
+        if not (self.recall and cold is not None and len(tokens) > 1):
+            self._decode_tokens(tokens, None)
+            return
+        window = min(self.recall_window, len(tokens))
+        queries, scales = self._decode_tokens(tokens, None, query_tail=window)
+        if not len(cold):
+            return
         t0 = time.perf_counter()
-        mem.capture_queries(True)
-        try:
-            self._redecode_last(window)
-            queries = mem.capture.queries().copy()
-            scales = mem.capture.kq_scales()
-        finally:
-            mem.capture_queries(False)
         # the token before the window must stay: the re-decode continues right after it
-        n = mem.recall(queries, scales, n_protect_recent=window + 1)
-        if n:
-            self._redecode_last(window)
-        mem.stats.seconds_recall += time.perf_counter() - t0
-        return n
+        if self._memory.recall(queries, scales, window + 1, self.recall_max):
+            redecode = window if self.recall_redecode is None else self.recall_redecode
+            self._redecode_last(max(1, min(redecode, window)))
+        self._memory.stats.seconds_recall += time.perf_counter() - t0
 
     def _redecode_last(self, window: int) -> None:
         """Remove the newest `window` tokens' cells and decode those tokens again in place."""
@@ -349,11 +344,16 @@ class NammLlama(llama_cpp.Llama):
         return out
 
     def _decode_tokens(
-        self, tokens: list[int], on_logits: Callable[[int, np.ndarray], None] | None
-    ) -> None:
+        self,
+        tokens: list[int],
+        on_logits: Callable[[int, np.ndarray], None] | None,
+        query_tail: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Decode in chunks with memory updates; ``on_logits(i, logits)`` gets every chunk's
         logits [n, n_vocab] (a view of llama.cpp's buffer, valid until the next decode) for the
-        chunk starting at ``tokens[i]``."""
+        chunk starting at ``tokens[i]``. With ``query_tail`` the last tokens are decoded as a
+        batch of their own whose queries are captured: returns (queries [L, H, tail, d], softmax
+        scales [L]) for recall."""
         mem = self._memory
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
         mem.before_decode()
@@ -363,9 +363,15 @@ class NammLlama(llama_cpp.Llama):
 
             bar = tqdm(total=len(tokens), desc="prefill", unit="tok", leave=False)
         i = 0
+        tail_start = len(tokens) - query_tail if query_tail else len(tokens)
+        queries = None
         try:
             while i < len(tokens):
                 n = min(self.chunk, self.update_interval - self._since_update, len(tokens) - i)
+                if i < tail_start:
+                    n = min(n, tail_start - i)
+                elif i == tail_start:
+                    mem.capture_queries(True)
                 if n > mem.free_cells():
                     raise CacheFullError(
                         f"the KV cache is full ({mem.n_cells} cells) and policy "
@@ -394,10 +400,15 @@ class NammLlama(llama_cpp.Llama):
                 i += n
                 if bar is not None:
                     bar.update(n)
+            if query_tail:
+                queries = (mem.capture.queries().copy(), mem.capture.kq_scales())
         finally:
             if bar is not None:
                 bar.close()
+            if query_tail and i > tail_start:
+                mem.capture_queries(False)
         self._requires_eval = False
+        return queries
 
     def _maybe_reposition(self) -> None:
         next_physical = self.n_tokens - self._positions.shift

@@ -29,6 +29,7 @@ class PreparedSample:
     sample: Sample
     prompt: list[int]
     continuation: list[int]  # empty except for perplexity samples
+    turn_ends: tuple[int, ...] = ()  # multi-turn samples: prompt[:e] ends a message
 
     @property
     def is_lm(self) -> bool:
@@ -98,12 +99,42 @@ class PromptBuilder:
     # --- formatting ----------------------------------------------------------------------
     def prompt_text(self, sample: Sample, mode: str = "after") -> tuple[str, bool]:
         """(text, add_bos): the chat-formatted prompt, assistant turn opened with the prefix."""
-        user = sample.prompt(mode)
+        messages = self._messages(sample, mode)
         if self._formatter is None:
+            user = PLAIN_SEPARATOR.join(m["content"] for m in messages)
             return user + PLAIN_SEPARATOR + sample.answer_prefix, True
-        result: Any = self._formatter(messages=[{"role": "user", "content": user}])
+        result: Any = self._formatter(messages=messages)
         # as llama-cpp-python does: templates render their own BOS when they want one
         return result.prompt + sample.answer_prefix, not result.added_special
+
+    @staticmethod
+    def _messages(sample: Sample, mode: str) -> list[dict]:
+        """One user turn, or a multi-turn conversation (``meta["messages"]``) then the question."""
+        turns = sample.meta.get("messages")
+        if turns:
+            return [*turns, {"role": "user", "content": sample.question}]
+        return [{"role": "user", "content": sample.prompt(mode)}]
+
+    def _turn_ends(self, sample: Sample, mode: str, n_prompt: int) -> tuple[int, ...]:
+        """Token index where each earlier message ends in the formatted prompt (the prefix
+        formatted alone, tokenized), so a harness can feed a conversation turn by turn."""
+        turns = sample.meta.get("messages") or []
+        if not turns or self._formatter is None:
+            return ()
+        formatter = Jinja2ChatFormatter(
+            template=self.template,
+            eos_token=self._formatter.eos_token,
+            bos_token=self._formatter.bos_token,
+            add_generation_prompt=False,
+        )
+        ends = []
+        for k in range(1, len(turns) + 1):
+            result: Any = formatter(messages=turns[:k])
+            n = len(self.tokenize(result.prompt, add_bos=not result.added_special, special=True))
+            if ends and n <= ends[-1] or n >= n_prompt:
+                return ()  # the template does not render prefixes stably: one piece
+            ends.append(n)
+        return tuple(ends)
 
     def prepare(self, sample: Sample, mode: str = "after") -> PreparedSample:
         if sample.metric == "perplexity":
@@ -114,4 +145,5 @@ class PromptBuilder:
             continuation = self.tokenize(" " + cont_text)
             return PreparedSample(sample, context, continuation)
         text, add_bos = self.prompt_text(sample, mode)
-        return PreparedSample(sample, self.tokenize(text, add_bos=add_bos, special=True), [])
+        tokens = self.tokenize(text, add_bos=add_bos, special=True)
+        return PreparedSample(sample, tokens, [], self._turn_ends(sample, mode, len(tokens)))

@@ -384,7 +384,10 @@ def _evaluate(llm: Any, builder: PromptBuilder, job: _Job, tracker: _PeakTracker
         value = float(math.exp(-float(np.mean(logprobs))))
         prediction, n_generated = "", len(prep.continuation)
     else:
-        llm.eval(prep.prompt)
+        start = 0
+        for end in (*prep.turn_ends, len(prep.prompt)):  # a conversation: one turn at a time
+            llm.eval(prep.prompt[start:end])
+            start = end
         generated = greedy(llm, builder, sample.max_new_tokens)
         prediction, n_generated = builder.detokenize(generated), len(generated)
         value = score_sample(sample, prediction)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from edge_namm.tasks.conversation import conversation
 from edge_namm.tasks.haystack import Haystack, fetch_essays
 from edge_namm.tasks.longbench import LONGBENCH_DATASETS, load_longbench
 from edge_namm.tasks.metrics import METRICS, score, score_sample
@@ -41,6 +42,7 @@ TASKS: dict[str, Generator] = {
     "vartrack": vartrack,
     "freqword": freqword,
     "update": update,
+    "conversation": conversation,
     "lm": lm,
 }
 

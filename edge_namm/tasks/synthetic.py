@@ -197,6 +197,7 @@ TASK_MAX_NEW_TOKENS = {
     "vartrack": 48,
     "freqword": 32,
     "update": 16,
+    "conversation": 16,
     "lm": 0,
 }
 

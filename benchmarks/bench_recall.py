@@ -1,0 +1,230 @@
+"""What query-aware recall costs, and how it grows with the cold store.
+
+    python benchmarks/bench_recall.py [--cold 2048,8192,32768,65536] [--suffix 64] [--repeats 3]
+        [--out docs/results/recall-cost]
+
+One process: a streaming cache (budget 1,024, updates every 512) prefills 3,072 tokens of the
+essay haystack, so ~2k tokens sit in the cold store; copies of those real cold entries then pad
+it to each size in --cold. At each size a new prompt suffix (--suffix tokens) is decoded with
+and without recall, interleaved --repeats times, and rolled back after each run. Reported per
+size (medians): the suffix's prefill time without recall, the recall time (query capture,
+scoring hot + cold, swap, window re-decode) and their ratio; the target is <= 10%.
+
+With --rss, two child processes grow a cold store to the largest size, in RAM and under a
+cold_dir, and report the process RSS after each growth step (memory-mapped files keep it flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import default_model, machine
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _engine(model: str, threads: int, cold_dir: str | None = None):
+    from edge_namm.engine import NammLlama
+
+    return NammLlama(
+        model,
+        policy="streaming",
+        budget=1024,
+        update_interval=512,
+        chunk=128,
+        recall=True,
+        cold_dir=cold_dir,
+        n_threads=threads,
+    )
+
+
+def _prefill(llm, n: int) -> list[int]:
+    from edge_namm.tasks.haystack import Haystack
+
+    text = " ".join(Haystack.default().sentences[:4000])
+    tokens = llm.tokenize(text.encode())
+    llm.eval(tokens[:n])
+    return tokens
+
+
+def _pad_cold(llm, template, size: int) -> None:
+    """Grow the cold store to `size` entries with copies of real cold tokens."""
+    from edge_namm.engine.cold import ColdBatch
+
+    cold = llm.memory.cold
+    while len(cold) < size:
+        n = min(len(template), size - len(cold))
+        cold.add(
+            ColdBatch(
+                k=template.k[:, :n],
+                v=template.v[:, :n],
+                keys=template.keys[:, :n],
+                rot_pos=template.rot_pos[:n],
+                pos=template.pos[:n],
+                logical=template.logical[:n],
+                tokens=template.tokens[:n],
+                score=template.score[:n],
+            )
+        )
+
+
+def cost(args) -> dict:
+    llm = _engine(args.model, args.threads)
+    tokens = _prefill(llm, 3072)
+    cold = llm.memory.cold
+    template = cold.take(np.arange(len(cold)))
+    cold.add(template)
+    suffix = tokens[3072 : 3072 + args.suffix]
+    rows = []
+    for size in sorted(args.cold):
+        _pad_cold(llm, template, size)
+        base, recall, scoring, recalled = [], [], [], []
+        for _ in range(args.repeats + 1):  # the first round warms up
+            for with_recall in (False, True):
+                n0, since = llm.n_tokens, llm._since_update
+                st = llm.stats
+                r0, s0, t_in0 = st.seconds_recall, st.seconds_namm, st.tokens_recalled
+                llm.recall = with_recall
+                t0 = time.perf_counter()
+                llm.eval(suffix)
+                total = time.perf_counter() - t0
+                if with_recall:
+                    recall.append(st.seconds_recall - r0)
+                    scoring.append(st.seconds_namm - s0)
+                    recalled.append(st.tokens_recalled - t_in0)
+                else:
+                    base.append(total)
+                llm._ctx.kv_cache_seq_rm(-1, n0, -1)
+                llm.n_tokens, llm._since_update = n0, since
+        base, recall, scoring = base[1:], recall[1:], scoring[1:]
+        row = dict(
+            cold_tokens=len(cold),
+            cold_mib=round(cold.nbytes / 2**20, 1),
+            suffix_tokens=len(suffix),
+            prefill_s=statistics.median(base),
+            recall_s=statistics.median(recall),
+            scoring_and_swap_s=statistics.median(scoring),
+            recalled_tokens=int(statistics.median(recalled[1:])),
+        )
+        row["recall_vs_prefill"] = row["recall_s"] / row["prefill_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    llm.close()
+    return dict(rows=rows)
+
+
+def rss_child(args) -> None:
+    cold_dir = tempfile.mkdtemp(prefix="bench-recall-") if args.cold_dir else None
+    llm = _engine(args.model, args.threads, cold_dir)
+    _prefill(llm, 3072)
+    cold = llm.memory.cold
+    template = cold.take(np.arange(len(cold)))
+    cold.add(template)
+    out = [dict(cold_tokens=len(cold), rss_mib=_rss_mib())]
+    for size in sorted(args.cold):
+        _pad_cold(llm, template, size)
+        out.append(dict(cold_tokens=len(cold), rss_mib=_rss_mib(), on_disk=cold.on_disk))
+    print(json.dumps(out))
+    llm.close()
+
+
+def rss(args) -> dict:
+    res = {}
+    for label, flag in (("ram", []), ("cold_dir", ["--cold-dir"])):
+        cmd = [sys.executable, __file__, "--rss-child", "--cold", ",".join(map(str, args.cold))]
+        cmd += ["--model", args.model, "--threads", str(args.threads), *flag]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        res[label] = json.loads(out.strip().splitlines()[-1])
+        print(label, res[label], flush=True)
+    return res
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["cost"]["rows"]
+    fig, axes = plt.subplots(1, 2 if "rss" in result else 1, figsize=(10, 4), squeeze=False)
+    ax = axes[0][0]
+    x = [r["cold_tokens"] for r in rows]
+    ax.plot(
+        x,
+        [r["prefill_s"] for r in rows],
+        "o-",
+        label=f"prefill of a {rows[0]['suffix_tokens']}-token prompt",
+    )
+    ax.plot(
+        x, [r["recall_s"] for r in rows], "s-", label="recall (capture, score, swap, re-decode)"
+    )
+    ax.plot(x, [0.1 * r["prefill_s"] for r in rows], "k--", lw=0.8, label="10% of prefill (target)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("cold store (tokens)")
+    ax.set_ylabel("seconds (median)")
+    ax.legend(fontsize=8)
+    ax.set_title("Recall cost vs cold store size")
+    if "rss" in result:
+        ax = axes[0][1]
+        for label, pts in result["rss"].items():
+            ax.plot([p["cold_tokens"] for p in pts], [p["rss_mib"] for p in pts], "o-", label=label)
+        ax.set_xlabel("cold store (tokens)")
+        ax.set_ylabel("process RSS (MiB)")
+        ax.legend(fontsize=8)
+        ax.set_title("Memory: RAM vs cold_dir")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default=None)
+    p.add_argument("--cold", default="2048,8192,32768,65536")
+    p.add_argument("--suffix", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rss", action="store_true")
+    p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cold-dir", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    args.model = args.model or default_model()
+    args.cold = [int(c) for c in args.cold.split(",")]
+    if args.rss_child:
+        rss_child(args)
+        return
+    result = dict(
+        machine=machine(),
+        command=" ".join(sys.argv),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+    print(result["machine"], flush=True)
+    result["cost"] = cost(args)
+    if args.rss:
+        result["rss"] = rss(args)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recall_cost.json").write_text(json.dumps(result, indent=2))
+        plot(result, out / "recall_cost.png")
+        print(f"wrote {out}/recall_cost.json and recall_cost.png")
+
+
+if __name__ == "__main__":
+    main()
