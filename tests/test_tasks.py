@@ -28,6 +28,7 @@ from edge_namm.tasks import (
     score_sample,
 )
 from edge_namm.tasks import haystack as haystack_mod
+from edge_namm.tasks.conversation import MESSAGE_OVERHEAD
 from edge_namm.tasks.haystack import split_sentences
 from edge_namm.tasks.longbench import LONGBENCH_DATASETS, truncate_middle
 from edge_namm.tasks.metrics import (
@@ -36,7 +37,6 @@ from edge_namm.tasks.metrics import (
     levenshtein_distance,
     levenshtein_ratio,
 )
-from edge_namm.tasks.conversation import MESSAGE_OVERHEAD
 from edge_namm.tasks.synthetic import CODE_ITEMS, KEY_WORDS, split_of
 
 
