@@ -30,3 +30,12 @@ def model_path() -> str:
 def counting_text() -> str:
     """A long, perfectly predictable text: the model must continue the count."""
     return " ".join(str(i) for i in range(1, 4000))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many generated bad-input cases the fuzz tests tried."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.CASES:
+        terminalreporter.write_line(fuzz.pytest_fuzz_summary())

@@ -304,6 +304,15 @@ class KVMemory:
             before = np.searchsorted(np.sort(kept_logical), self.cold.logical)
             self.cold.pos = np.maximum(before - 1, 0).astype(np.int64)
 
+    def reset_stats(self) -> None:
+        """Zero the counters (what a new measurement starts from); sizes are kept."""
+        st = self.stats
+        self.stats = MemoryStats(
+            budget=st.budget, n_cells=st.n_cells, bytes_per_cell=st.bytes_per_cell
+        )
+        if self.cold is not None:
+            self._sync_cold_stats()
+
     def reset(self) -> None:
         self.features.reset()
         if self.cold is not None:

@@ -75,6 +75,7 @@ class NammLlamaState:
     stats: dict
     since_update: int
     positions: tuple[int, int] = (0, 0)  # (shift, exact_from) of the PositionMap
+    chat: tuple[bytes, int] | None = None  # the conversation text the cache holds
 
 
 class NammLlama(llama_cpp.Llama):
@@ -192,6 +193,8 @@ class NammLlama(llama_cpp.Llama):
         self.chunk = chunk
         self.progress = progress
         self._memory: KVMemory | None = None
+        self._chat: tuple[bytes, int] | None = None  # (text, tokens) the cache holds
+        self._chat_pending: tuple[bytes, list[int]] | None = None
         try:
             super().__init__(
                 str(path),
@@ -269,17 +272,70 @@ class NammLlama(llama_cpp.Llama):
     def memory(self) -> KVMemory:
         return self._memory
 
-    def reset(self) -> None:
+    def reset(self, stats: bool = False) -> None:
+        """Forget the conversation (llama-cpp-python's reset); `stats=True` also zeroes the
+        memory counters."""
         super().reset()
+        self._chat = None
         if self._memory is not None:
+            if stats:
+                self._memory.reset_stats()
             self._memory.reset()
             self._since_update = 0
             self._positions.reset()
 
+    # --- token-exact conversations -------------------------------------------------------------
+    # A chat turn re-renders the whole conversation as text; tokenizing that text again would
+    # not give back the tokens actually decoded (a reply's tokens are the model's, not the
+    # tokenizer's), so llama-cpp-python's prefix reuse would re-read the history every turn.
+    # Instead the text the cache holds is remembered with its token count: a rendering that
+    # extends it becomes those very tokens plus the new text's.
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        chat = getattr(self, "_chat", None)
+        if special and chat is not None and text.startswith(chat[0]) and self.n_tokens >= chat[1]:
+            delta = text[len(chat[0]) :]
+            tokens = [*self.input_ids[: chat[1]].tolist(), *super().tokenize(delta, False, True)]
+        else:
+            tokens = super().tokenize(text, add_bos, special)
+        if special:
+            self._chat_pending = (text, tokens)
+        return tokens
+
     def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
         if len(prompt) == 0:
             raise ValueError("empty prompt: give at least one token of text")
-        return super().create_completion(prompt, *args, **kwargs)
+        if not isinstance(prompt, str):
+            self._check_tokens(prompt)
+        pending, self._chat_pending = getattr(self, "_chat_pending", None), None
+        self._chat = None
+        out = super().create_completion(prompt, *args, **kwargs)
+        if pending is None or list(prompt) != pending[1]:
+            return out
+        if kwargs.get("stream"):
+            return self._remember_chat_after(out, pending[0], len(prompt))
+        self._remember_chat(pending[0], len(prompt))
+        return out
+
+    def _remember_chat(self, prompt_text: bytes, n_prompt: int) -> None:
+        """The cache now holds `prompt_text` followed by the generated tokens."""
+        reply = self.detokenize(self.input_ids[n_prompt : self.n_tokens].tolist())
+        self._chat = (prompt_text + reply, self.n_tokens)
+
+    def _remember_chat_after(self, chunks: Any, prompt_text: bytes, n_prompt: int) -> Any:
+        try:
+            yield from chunks
+        finally:
+            self._remember_chat(prompt_text, n_prompt)
+
+    def _check_tokens(self, tokens: Sequence[int]) -> None:
+        """llama.cpp aborts on token ids outside the vocabulary: refuse them with a next step."""
+        arr = np.asarray(tokens)
+        bad = (arr < 0) | (arr >= self._n_vocab)
+        if bad.any():
+            raise ValueError(
+                f"token id {int(arr[bad][0])} is outside the vocabulary (0..{self._n_vocab - 1}) "
+                "of this model: tokenize text with this model's own tokenizer (llm.tokenize)"
+            )
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Decode tokens in chunks, folding attention and evicting every update_interval; with
@@ -355,6 +411,7 @@ class NammLlama(llama_cpp.Llama):
         batch of their own whose queries are captured: returns (queries [L, H, tail, d], softmax
         scales [L]) for recall."""
         mem = self._memory
+        self._check_tokens(tokens)
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
         mem.before_decode()
         bar = None
@@ -441,6 +498,7 @@ class NammLlama(llama_cpp.Llama):
             stats=self._memory.stats.__dict__.copy(),
             since_update=self._since_update,
             positions=(self._positions.shift, self._positions.exact_from),
+            chat=self._chat,
         )
 
     def load_state(self, state: NammLlamaState) -> None:
@@ -456,6 +514,7 @@ class NammLlama(llama_cpp.Llama):
                 "build it with recall=True to load it"
             )
         super().load_state(state.llama)
+        self._chat = getattr(state, "chat", None)
         self._memory.load_state_dict(state.memory)
         self._memory.stats.__dict__.update(state.stats)
         self._since_update = state.since_update

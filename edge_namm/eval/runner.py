@@ -367,17 +367,11 @@ class _PeakTracker:
 
 
 def _evaluate(llm: Any, builder: PromptBuilder, job: _Job, tracker: _PeakTracker) -> dict:
-    from edge_namm.engine.stats import MemoryStats
-
     mem = llm.memory
-    st0 = mem.stats
-    mem.stats = MemoryStats(
-        budget=st0.budget, n_cells=st0.n_cells, bytes_per_cell=st0.bytes_per_cell
-    )
     tracker.peak = 0
     prep, sample = job.prep, job.prep.sample
     t0 = time.perf_counter()
-    llm.reset()
+    llm.reset(stats=True)
     if prep.is_lm:
         llm.eval(prep.prompt[:-1])
         logprobs = llm.eval_logprobs([prep.prompt[-1], *prep.continuation])

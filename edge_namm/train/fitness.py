@@ -161,7 +161,6 @@ class OnlineFitness:
 
     def _run(self, scorer: Any, prep: PreparedSample, cells: int) -> tuple[float, float]:
         """(task score, cache fraction kept) of one prompt under ``scorer`` and ``cells``."""
-        from edge_namm.engine.stats import MemoryStats
         from edge_namm.policies import NammPolicy
 
         sid = prep.sample.sample_id
@@ -170,10 +169,7 @@ class OnlineFitness:
         llm = self._engine(cells, NammPolicy(scorer=scorer))
         llm.policy.scorer = scorer
         llm.memory.policy.scorer = scorer
-        st0 = llm.memory.stats
-        llm.memory.stats = MemoryStats(
-            budget=st0.budget, n_cells=st0.n_cells, bytes_per_cell=st0.bytes_per_cell
-        )
+        llm.memory.reset_stats()
         n_pre = self.update_interval - 1 if self.reuse_prefix and not prep.is_lm else 0
         if 0 < n_pre < prep.n_input:
             key = (cells, sid)
