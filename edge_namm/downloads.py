@@ -56,6 +56,16 @@ MODELS: dict[str, ModelSource] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+# Sampling the model cards recommend (llama.cpp's own defaults fill the rest): SmolLM2-Instruct's
+# card samples at temperature 0.2, top-p 0.9; Gemma 3's at temperature 1.0, top-k 64, top-p 0.95.
+# SmolLM2 also gets llama-cpp-python's repeat penalty 1.1: at llama.cpp's 1.0, two of four
+# everyday prompts (seed 0) looped to the 400-token cap; at 1.1 none did (tests/test_conversation).
+RECOMMENDED_SAMPLING: dict[str, dict[str, float]] = {
+    "SmolLM2-135M-Instruct.Q4_1.gguf": {"temp": 0.2, "top_p": 0.9, "repeat_penalty": 1.1},
+    "gemma-3-270m-q4_k_m.gguf": {"temp": 1.0, "top_k": 64, "top_p": 0.95, "min_p": 0.0},
+}
+
+
 def model_path(name: str = DEFAULT_MODEL) -> Path:
     """Where `edge-namm pull` puts the model ``name`` of :data:`MODELS`."""
     return models_dir() / MODELS[name].filename

@@ -43,9 +43,9 @@ def chat(model_path, tmp_path):
     child.close(force=True)
 
 
-def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_path):
+def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_path, model_path):
     chat.sendline("What is the capital of France?")
-    chat.expect(r"\[kv (\d+)/256 cells")
+    chat.expect(r"\[kv (\d+) cells \(budget 256 after each update")
     chat.expect("> ")
     # a long reply interrupted by Ctrl-C: the session goes on
     chat.sendline("Write a very long story about a dragon, with many chapters.")
@@ -59,14 +59,21 @@ def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_pa
     chat.sendline("/memory")
     chat.expect(r"tokens kept\)")
     chat.expect("> ")
-    chat.sendline("/save transcript.json")
+    chat.sendline("/save transcript.session")
     chat.expect("saved 5 messages")
     chat.expect("> ")
     chat.sendeof()
     chat.expect(pexpect.EOF)
     chat.close()
     assert chat.exitstatus == 0
-    assert "dragon" in (tmp_path / "transcript.json").read_text()
+    from edge_namm import NammLlama
+
+    llm = NammLlama(model_path, budget=256, update_interval=128, recall=True)
+    try:  # the session continues in a new process with the conversation and its memory
+        messages = llm.load_session(tmp_path / "transcript.session")["messages"]
+        assert "dragon" in messages[3]["content"] and llm.n_tokens > 0
+    finally:
+        llm.close()
 
 
 def test_chat_without_model_says_how_to_pull(tmp_path):

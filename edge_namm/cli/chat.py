@@ -18,8 +18,8 @@ from edge_namm.cli.options import (
 HELP = """commands:
   /memory       show which parts of the conversation the model still keeps
   /stats        memory statistics
-  /save FILE    save the transcript (JSON)
-  /load FILE    load a transcript saved with /save
+  /save FILE    save the session: messages, KV memory, NAMM state and cold store
+  /load FILE    continue a session saved with /save (same model and settings)
   /reset        forget the conversation
   /quit         exit (Ctrl-D works too; Ctrl-C stops a reply)"""
 
@@ -104,8 +104,28 @@ def render_memory(llm, width: int = 2000) -> str:
     "longer than it stay coherent (docs/ENGINE.md).",
 )
 @click.option("--system", default="You are a helpful assistant.", show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True)
-@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option(
+    "--temp",
+    "--temperature",
+    "temp",
+    type=float,
+    default=None,
+    help="Sampling temperature (llama.cpp: 0.8; default: the model card's, 0.2 for SmolLM2).",
+)
+@click.option("--top-k", type=int, default=None, help="Top-k sampling (llama.cpp: 40).")
+@click.option("--top-p", type=float, default=None, help="Top-p sampling (llama.cpp: 0.95).")
+@click.option("--min-p", type=float, default=None, help="Min-p sampling (llama.cpp: 0.05).")
+@click.option(
+    "--repeat-penalty", type=float, default=None, help="Repetition penalty (llama.cpp: 1.0)."
+)
+@click.option(
+    "--repeat-last-n",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Tokens the repetition penalty looks back over.",
+)
+@click.option("--max-tokens", "-n", type=int, default=512, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly
 def chat(
@@ -121,15 +141,23 @@ def chat(
     cold_dir,
     reposition,
     system,
-    temperature,
+    temp,
+    top_k,
+    top_p,
+    min_p,
+    repeat_penalty,
+    repeat_last_n,
     max_tokens,
     seed,
 ) -> None:
     """Chat with a model whose KV memory never exceeds --budget cells."""
-    from edge_namm.engine import NammLlama
+    from edge_namm.engine import NammLlama, SessionError
 
+    model_file = resolve_model(model)
+    sampling = sampling_options(model_file, temp, top_k, top_p, min_p, repeat_penalty)
     llm = NammLlama(
-        resolve_model(model),
+        model_file,
+        last_n_tokens_size=repeat_last_n,
         policy=policy,
         scorer=scorer,
         budget=budget,
@@ -170,17 +198,25 @@ def chat(
             elif cmd == "/stats":
                 click.echo(json.dumps(llm.stats.as_dict(), indent=2))
             elif cmd == "/save" and arg:
-                Path(arg).write_text(json.dumps({"messages": messages}, indent=2))
-                click.echo(f"saved {len(messages)} messages to {arg}")
+                try:
+                    llm.save_session(arg, extra={"messages": messages})
+                except OSError as exc:
+                    click.echo(f"could not save {arg}: {exc} (nothing was lost; try another path)")
+                    continue
+                size = Path(arg).stat().st_size / 2**20
+                click.echo(
+                    f"saved {len(messages)} messages and the KV memory to {arg} ({size:.1f} MiB)"
+                )
             elif cmd == "/load" and arg:
                 try:
-                    loaded = json.loads(Path(arg).read_text())["messages"]
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    click.echo(f"could not load {arg}: {exc}")
+                    extra = llm.load_session(arg)
+                except SessionError as exc:
+                    click.echo(f"could not load: {exc}")
                     continue
-                messages = loaded
-                llm.reset()
-                click.echo(f"loaded {len(messages)} messages; they are re-read on the next turn")
+                messages = list(extra.get("messages", []))
+                click.echo(
+                    f"loaded {len(messages)} messages with their KV memory ({llm.n_tokens} tokens)"
+                )
             elif cmd == "/reset":
                 messages = messages[:1] if system else []
                 llm.reset()
@@ -189,13 +225,31 @@ def chat(
                 click.echo(f"unknown command {line!r}\n{HELP}")
             continue
         messages.append({"role": "user", "content": line})
-        reply = _stream_reply(llm, messages, temperature, max_tokens, seed)
+        reply = _stream_reply(llm, messages, sampling, max_tokens, seed)
         messages.append({"role": "assistant", "content": reply})
         click.secho(llm.stats.status_line(), fg="cyan", err=True)
     llm.close()
 
 
-def _stream_reply(llm, messages, temperature, max_tokens, seed) -> str:
+def sampling_options(
+    model_file: str,
+    temp: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+    repeat_penalty: float | None,
+) -> dict:
+    """llama.cpp's sampling defaults, overridden by the model card's, overridden by flags."""
+    from edge_namm.downloads import RECOMMENDED_SAMPLING
+
+    out = {"temp": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
+    out.update(RECOMMENDED_SAMPLING.get(Path(model_file).name, {}))
+    given = dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty)
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+def _stream_reply(llm, messages, sampling, max_tokens, seed) -> str:
     """Print the reply as it streams; Ctrl-C ends the reply, keeping what was said."""
     pieces: list[str] = []
     stream = None
@@ -203,7 +257,11 @@ def _stream_reply(llm, messages, temperature, max_tokens, seed) -> str:
         stream = llm.create_chat_completion(
             messages=messages,
             stream=True,
-            temperature=temperature,
+            temperature=sampling["temp"],
+            top_k=sampling["top_k"],
+            top_p=sampling["top_p"],
+            min_p=sampling["min_p"],
+            repeat_penalty=sampling["repeat_penalty"],
             max_tokens=max_tokens,
             seed=seed,
         )

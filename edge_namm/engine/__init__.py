@@ -3,6 +3,7 @@
 from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
 from edge_namm.engine.memory import KVMemory
 from edge_namm.engine.namm_llama import NammLlama, NammLlamaState
+from edge_namm.engine.session import SessionError
 from edge_namm.engine.stats import MemoryStats
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "ModelFileError",
     "NammLlama",
     "NammLlamaState",
+    "SessionError",
 ]

@@ -520,6 +520,20 @@ class NammLlama(llama_cpp.Llama):
         self._since_update = state.since_update
         self._positions.shift, self._positions.exact_from = state.positions
 
+    def save_session(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Save the conversation with its KV memory, feature state and cold store to one file
+        (engine/session.py); `extra` is stored alongside (e.g. chat messages)."""
+        from edge_namm.engine.session import save_session
+
+        return save_session(self, path, extra)
+
+    def load_session(self, path: str | Path) -> dict:
+        """Continue a conversation saved with `save_session` (same model and engine settings;
+        SessionError says what differs); returns the `extra` saved with it."""
+        from edge_namm.engine.session import load_session
+
+        return load_session(self, path)
+
     def close(self) -> None:
         if getattr(self, "_memory", None) is not None:
             self._memory.close()
