@@ -27,6 +27,7 @@ def _add_optional_commands() -> None:
         ("edge_namm.cli.eval", "eval_cmd"),
         ("edge_namm.cli.train", "train"),
         ("edge_namm.cli.export", "export"),
+        ("edge_namm.cli.serve", "serve"),
     ):
         try:
             cli.add_command(getattr(importlib.import_module(module), name))

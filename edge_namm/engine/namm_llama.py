@@ -513,7 +513,18 @@ class NammLlama(llama_cpp.Llama):
                 "this state carries a cold store but this NammLlama was built with recall=False; "
                 "build it with recall=True to load it"
             )
-        super().load_state(state.llama)
+        ls = state.llama
+        rows = min(ls.n_tokens, self.scores.shape[0])
+        if ls.scores.shape[0] != rows:  # llama-cpp-python copies scores into scores[:n_tokens]
+            ls = llama_cpp.LlamaState(
+                input_ids=ls.input_ids,
+                scores=ls.scores[:rows],
+                n_tokens=ls.n_tokens,
+                llama_state=ls.llama_state,
+                llama_state_size=ls.llama_state_size,
+                seed=ls.seed,
+            )
+        super().load_state(ls)
         self._chat = getattr(state, "chat", None)
         self._memory.load_state_dict(state.memory)
         self._memory.stats.__dict__.update(state.stats)
