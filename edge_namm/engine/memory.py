@@ -56,6 +56,7 @@ class KVMemory:
             Callable[[CacheView, np.ndarray], None]
         ] = []  # observers (tests, eval)
         self._rows_armed = True  # False while the capture is armed for queries only
+        self.repeat_scores: np.ndarray | None = None  # per cell, set by a repeat pass
         self.cold: ColdStore | None = None
         self.token_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.last_recalled = np.empty(0, dtype=np.int64)  # logical positions, last recall
@@ -128,6 +129,7 @@ class KVMemory:
             features=self.features,
             read_keys=lambda: self.read_keys(cells),
             rng=self.rng,
+            repeat_scores=self.repeat_scores,
         )
 
     def read_keys(self, cells: np.ndarray) -> np.ndarray:
@@ -191,6 +193,8 @@ class KVMemory:
             self._sync_cold_stats()
         native.remove_positions(self.ctx, view.positions[evict])
         self.features.reset_cells(cells)
+        if self.repeat_scores is not None:
+            self.repeat_scores[cells] = 0.0
         self._positions[cells] = -1
         self._logical[cells] = -1
 
@@ -215,6 +219,19 @@ class KVMemory:
             if not self._rows_armed:
                 self.capture.disarm()
             self._rows_armed = True
+
+    def fold_repeat_rows(self, best: np.ndarray) -> None:
+        """A repeat pass's attention: each cell keeps in `best` the most any query gave it."""
+        rows = self.capture.rows()
+        if rows.shape[2]:
+            np.maximum(best, rows.max(axis=(0, 1, 2)), out=best)
+        self.capture.clear()
+
+    def set_repeat_scores(self, cells: np.ndarray, scores: np.ndarray) -> None:
+        """KVzip scores a chunk's tokens by the repeat of that chunk; they keep that score."""
+        if self.repeat_scores is None:
+            self.repeat_scores = np.zeros(self.n_cells, dtype=np.float32)
+        self.repeat_scores[cells] = scores
 
     def drop_cold_from(self, logical_start: int) -> None:
         """Forget cold copies of tokens at or after a logical position (they are re-decoded)."""
@@ -315,6 +332,7 @@ class KVMemory:
 
     def reset(self) -> None:
         self.features.reset()
+        self.repeat_scores = None
         if self.cold is not None:
             self.cold.clear()
             self._sync_cold_stats()

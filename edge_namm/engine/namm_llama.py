@@ -196,9 +196,11 @@ class NammLlama(llama_cpp.Llama):
         self._chat: tuple[bytes, int] | None = None  # (text, tokens) the cache holds
         self._chat_pending: tuple[bytes, list[int]] | None = None
         try:
+            # a repeat pass (kvzip) needs room for one interval and its prompt on top
+            extra = update_interval + 64 if self.policy.needs_repeat else 0
             super().__init__(
                 str(path),
-                n_ctx=budget + update_interval,
+                n_ctx=budget + update_interval + extra,
                 n_batch=chunk,
                 n_ubatch=chunk,
                 flash_attn=flash_attn,
@@ -357,6 +359,37 @@ class NammLlama(llama_cpp.Llama):
             self._redecode_last(max(1, min(redecode, window)))
         self._memory.stats.seconds_recall += time.perf_counter() - t0
 
+    def _repeat_pass(self) -> None:
+        """KVzip's scoring pass: the model repeats the last interval's tokens after a repeat
+        prompt, teacher-forced, with attention capture on; then the repeat is removed."""
+        mem = self._memory
+        t0 = time.perf_counter()
+        prompt = super().tokenize(self.policy.repeat_prompt.encode(), False, False)
+        repeat = (
+            prompt + self.input_ids[self.n_tokens - self.update_interval : self.n_tokens].tolist()
+        )
+        start = self.n_tokens - self._positions.shift  # physical position after the newest
+        positions = native.cell_positions(self._ctx.ctx)
+        chunk = np.flatnonzero(positions >= start - self.update_interval)  # this interval's cells
+        best = np.zeros(mem.n_cells, dtype=np.float32)
+        armed = mem.capture.armed
+        mem.capture.clear()
+        mem.capture.arm()
+        try:
+            for i in range(0, len(repeat), self.chunk):
+                batch = repeat[i : i + self.chunk]
+                self._batch.set_batch(batch=batch, n_past=start + i, logits_all=False)
+                self._ctx.decode(self._batch)
+                mem.fold_repeat_rows(best)
+        finally:
+            self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)  # logical: the repeat goes
+            mem.capture.clear()
+            if not armed:
+                mem.capture.disarm()
+            mem.before_decode()
+        mem.set_repeat_scores(chunk, best[chunk])
+        mem.stats.seconds_namm += time.perf_counter() - t0
+
     def _redecode_last(self, window: int) -> None:
         """Remove the newest `window` tokens' cells and decode those tokens again in place."""
         mem = self._memory
@@ -451,6 +484,8 @@ class NammLlama(llama_cpp.Llama):
                 self._store_tokens(batch)
                 self._since_update += n
                 if self._since_update >= self.update_interval:
+                    if self.policy.needs_repeat:
+                        self._repeat_pass()
                     mem.update()
                     self._since_update = 0
                     self._maybe_reposition()

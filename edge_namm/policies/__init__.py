@@ -8,6 +8,7 @@ from edge_namm.policies.base import CacheView, Policy
 from edge_namm.policies.full import FullPolicy
 from edge_namm.policies.h2o import H2OPolicy
 from edge_namm.policies.keydiff import KeyDiffPolicy
+from edge_namm.policies.kvzip import KVzipPolicy
 from edge_namm.policies.l2 import L2NormPolicy
 from edge_namm.policies.namm import NammPolicy
 from edge_namm.policies.random_policy import RandomPolicy
@@ -27,6 +28,7 @@ POLICIES: dict[str, type[Policy]] = {
         SnapKVPolicy,
         L2NormPolicy,
         KeyDiffPolicy,
+        KVzipPolicy,
         RandomPolicy,
     )
 }

@@ -27,6 +27,7 @@ class CacheView:
     features: AttentionFeatures | None = None
     read_keys: Callable[[], np.ndarray] | None = None  # -> [n_layer, n, n_embd_k] float32
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    repeat_scores: np.ndarray | None = None  # per cell, from a repeat pass (needs_repeat)
 
     @property
     def n(self) -> int:
@@ -58,6 +59,7 @@ class Policy:
 
     name: ClassVar[str] = "base"
     needs_attention: ClassVar[bool] = False
+    needs_repeat: ClassVar[bool] = False  # the engine runs a context-repeat pass before updates
     evicts_negative: ClassVar[bool] = False
     n_sink: int = 0  # oldest tokens that are never evicted
     n_recent: int = 0  # newest tokens that are never evicted (the newest one always is)
