@@ -16,6 +16,14 @@ def _model_path() -> Path:
     return default_model_path()
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that load the real model carry the `model` marker: `pytest -m "not model"` is the
+    fast tier (tiny GGUFs, features, scorers, tasks)."""
+    for item in items:
+        if "model_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def model_path() -> str:
     path = _model_path()
