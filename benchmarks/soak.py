@@ -1,0 +1,220 @@
+"""Soak: a long scripted conversation under a fixed budget, through the API or the chat CLI.
+
+    python benchmarks/soak.py [--tokens 100000] [--budget 1024] [--via api|chat] [--out DIR]
+
+User turns are essay paragraphs (about 150 tokens) with a question; replies are generated
+(seeded sampling, up to --reply tokens). Per turn it records the cells kept after the last
+update, the process RSS, wall time per new token (prompt + generated), and the cold store's
+size. `--via chat` types the same turns into `edge-namm chat` through a pseudo-terminal and
+reads its status line. Pass rules, checked at the end and written to the summary:
+never above budget after an update; RSS after warm-up (the first 10% of turns) within 5% of its
+median; time per new token flat (median of the last quarter within 25% of the second quarter's);
+no decode error. The cold store is spilled to a temporary cold_dir so RSS measures the hot side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import default_model, machine
+
+
+def _rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _turns(n: int):
+    from edge_namm.tasks.haystack import Haystack
+
+    sents = Haystack.default().sentences
+    i = 0
+    for t in range(n):
+        para = " ".join(sents[i : i + 6])
+        i = (i + 6) % (len(sents) - 6)
+        yield f"{para}\n\nTurn {t}: what is the main point of this passage, in one sentence?"
+
+
+def soak_api(args) -> list[dict]:
+    from edge_namm import NammLlama
+
+    llm = NammLlama(
+        args.model,
+        budget=args.budget,
+        recall=True,
+        reposition=True,
+        cold_dir=tempfile.mkdtemp(prefix="soak-cold-"),
+        n_threads=args.threads,
+    )
+    messages = [{"role": "system", "content": "You are a concise assistant."}]
+    rows = []
+    for t, text in enumerate(_turns(10**9)):
+        messages.append({"role": "user", "content": text})
+        n0, t0 = llm.n_tokens, time.perf_counter()
+        out = llm.create_chat_completion(
+            messages=messages, max_tokens=args.reply, temperature=0.7, seed=t, repeat_penalty=1.1
+        )
+        wall = time.perf_counter() - t0
+        messages.append(out["choices"][0]["message"])
+        st = llm.stats
+        rows.append(
+            dict(
+                turn=t,
+                tokens=llm.n_tokens,
+                new_tokens=llm.n_tokens - n0,
+                wall_s=wall,
+                s_per_token=wall / max(1, llm.n_tokens - n0),
+                cells=st.cells_used,
+                max_after_update=st.max_cells_after_update,
+                rss_mib=_rss_mib(),
+                cold_tokens=st.cold_tokens,
+                cold_mib=st.cold_bytes / 2**20,
+                recalled=st.tokens_recalled,
+            )
+        )
+        if t % 10 == 0:
+            print(json.dumps(rows[-1]), flush=True)
+        if llm.n_tokens >= args.tokens:
+            break
+    llm.close()
+    return rows
+
+
+def soak_chat(args) -> list[dict]:
+    import re
+
+    import pexpect
+
+    bin_ = Path(sys.executable).parent / "edge-namm"
+    child = pexpect.spawn(
+        str(bin_),
+        [
+            "chat",
+            "--model",
+            args.model,
+            "--budget",
+            str(args.budget),
+            "--max-tokens",
+            str(args.reply),
+            "--cold-dir",
+            tempfile.mkdtemp(prefix="soak-cold-"),
+        ],
+        encoding="utf-8",
+        timeout=600,
+    )
+    child.expect("> ")
+    rows, tokens = [], 0
+    status = re.compile(r"\[kv (\d+) cells .*?seen (\d+)")
+    for t, text in enumerate(_turns(10**9)):
+        t0 = time.perf_counter()
+        child.sendline(text.replace("\n", " "))
+        child.expect(status)
+        cells, seen = int(child.match.group(1)), int(child.match.group(2))
+        child.expect("> ")
+        wall = time.perf_counter() - t0
+        rows.append(
+            dict(
+                turn=t,
+                tokens=seen,
+                new_tokens=seen - tokens,
+                wall_s=wall,
+                s_per_token=wall / max(1, seen - tokens),
+                cells=cells,
+                rss_mib=_rss_mib(child.pid),
+            )
+        )
+        tokens = seen
+        if t % 10 == 0:
+            print(json.dumps(rows[-1]), flush=True)
+        if tokens >= args.tokens:
+            break
+    child.sendeof()
+    child.close()
+    return rows
+
+
+def verdict(rows: list[dict], budget: int) -> dict:
+    n = len(rows)
+    warm = rows[max(1, n // 10) :]
+    rss = [r["rss_mib"] for r in warm]
+    med = statistics.median(rss)
+    q2 = statistics.median(r["s_per_token"] for r in rows[n // 4 : n // 2] or rows)
+    q4 = statistics.median(r["s_per_token"] for r in rows[3 * n // 4 :] or rows)
+    over = [r for r in rows if r.get("max_after_update", 0) > budget]
+    return dict(
+        turns=n,
+        tokens=rows[-1]["tokens"],
+        never_above_budget=not over,
+        rss_spread=max(abs(x - med) / med for x in rss),
+        rss_flat=all(abs(x - med) / med <= 0.05 for x in rss),
+        s_per_token_q2=q2,
+        s_per_token_q4=q4,
+        time_flat=q4 <= 1.25 * q2,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default=None)
+    p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--budget", type=int, default=1024)
+    p.add_argument("--reply", type=int, default=96)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--via", choices=["api", "chat"], default="api")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    args.model = args.model or default_model()
+    print(machine(), flush=True)
+    t0 = time.time()
+    rows = soak_api(args) if args.via == "api" else soak_chat(args)
+    result = dict(
+        machine=machine(),
+        command=" ".join(sys.argv),
+        via=args.via,
+        started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
+        verdict=verdict(rows, args.budget),
+        rows=rows,
+    )
+    print(json.dumps(result["verdict"], indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"soak_{args.via}.json").write_text(json.dumps(result, indent=2))
+        plot(rows, out / f"soak_{args.via}.png", args.budget)
+
+
+def plot(rows: list[dict], path: Path, budget: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["tokens"] / 1000 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(x, [r["cells"] for r in rows], lw=0.8)
+    axes[0].axhline(budget, color="k", ls="--", lw=0.8, label="budget")
+    axes[0].set_ylabel("KV cells after the turn")
+    axes[1].plot(x, [r["rss_mib"] for r in rows], lw=0.8)
+    axes[1].set_ylabel("RSS (MiB)")
+    axes[2].plot(x, [1000 * r["s_per_token"] for r in rows], lw=0.5)
+    axes[2].set_ylabel("ms per new token")
+    for ax in axes:
+        ax.set_xlabel("conversation length (k tokens)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
