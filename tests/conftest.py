@@ -35,6 +35,28 @@ def model_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random-weight llama GGUF (tests/tiny_gguf.py): loads in milliseconds."""
+    from tiny_gguf import write_llama_gguf
+
+    return str(write_llama_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> str:
+    """The same with Gemma 3's sliding-window layers (llama.cpp's iSWA cache)."""
+    from tiny_gguf import PRESETS, write_llama_gguf
+
+    path = tmp_path_factory.mktemp("tiny") / "gemma3.gguf"
+    return str(write_llama_gguf(path, seed=2, **PRESETS["tiny-gemma3"]))
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def any_tiny(request, tiny_model, tiny_gemma3) -> str:
+    return tiny_model if request.param == "llama" else tiny_gemma3
+
+
+@pytest.fixture(scope="session")
 def counting_text() -> str:
     """A long, perfectly predictable text: the model must continue the count."""
     return " ".join(str(i) for i in range(1, 4000))

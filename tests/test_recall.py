@@ -8,28 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_gguf import PRESETS, write_llama_gguf
 
 from edge_namm import NammLlama, native
 from edge_namm.engine import EngineConfigError
 from edge_namm.engine.cold import ColdStoreError
 from edge_namm.engine.recall import EXACT_LIMIT, PAGE, TOP_PAGES, choose_swaps, recall_scores
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> str:
-    return str(write_llama_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1))
-
-
-@pytest.fixture(scope="module")
-def tiny_gemma3(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "gemma3.gguf"
-    return str(write_llama_gguf(path, seed=2, **PRESETS["tiny-gemma3"]))
-
-
-@pytest.fixture(params=["llama", "gemma3"])
-def any_tiny(request, tiny_llama, tiny_gemma3) -> str:
-    return tiny_llama if request.param == "llama" else tiny_gemma3
 
 
 def _tokens(llm: NammLlama, n: int) -> list[int]:
@@ -181,8 +164,8 @@ def test_recall_keeps_hot_size_and_accounts_for_every_token(any_tiny):
         llm.close()
 
 
-def test_cold_budget_forgets_lowest_scored_and_counts_them(tiny_llama):
-    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True, cold_budget=50)
+def test_cold_budget_forgets_lowest_scored_and_counts_them(tiny_model):
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_budget=50)
     try:
         llm.eval(_tokens(llm, 300))
         assert llm.stats.cold_tokens == 50
@@ -192,8 +175,8 @@ def test_cold_budget_forgets_lowest_scored_and_counts_them(tiny_llama):
         llm.close()
 
 
-def test_cold_dir_spills_to_memory_mapped_files(tiny_llama, tmp_path):
-    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True, cold_dir=str(tmp_path))
+def test_cold_dir_spills_to_memory_mapped_files(tiny_model, tmp_path):
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_dir=str(tmp_path))
     try:
         llm.eval(_tokens(llm, 300))
         assert llm.stats.cold_on_disk and llm.stats.cold_tokens > 0
@@ -205,11 +188,11 @@ def test_cold_dir_spills_to_memory_mapped_files(tiny_llama, tmp_path):
     assert not list(tmp_path.rglob("*.bin"))  # closing removes its files
 
 
-def test_unwritable_cold_dir_warns_and_keeps_everything_in_ram(tiny_llama, tmp_path):
+def test_unwritable_cold_dir_warns_and_keeps_everything_in_ram(tiny_model, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.warns(RuntimeWarning, match="cannot use cold_dir"):
-        llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True, cold_dir=str(blocker))
+        llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_dir=str(blocker))
     try:
         llm.eval(_tokens(llm, 300))
         assert not llm.stats.cold_on_disk
@@ -218,8 +201,8 @@ def test_unwritable_cold_dir_warns_and_keeps_everything_in_ram(tiny_llama, tmp_p
         llm.close()
 
 
-def test_save_and_load_state_carry_the_cold_store(tiny_llama):
-    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True)
+def test_save_and_load_state_carry_the_cold_store(tiny_model):
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True)
     try:
         tokens = _tokens(llm, 300)
         llm.eval(tokens[:250])
@@ -231,7 +214,7 @@ def test_save_and_load_state_carry_the_cold_store(tiny_llama):
         assert llm.stats.cold_tokens == len(cold_before)
     finally:
         llm.close()
-    other = _engine(tiny_llama, policy="streaming", budget=96, recall=True, type_k=0)  # f32 K
+    other = _engine(tiny_model, policy="streaming", budget=96, recall=True, type_k=0)  # f32 K
     try:
         with pytest.raises(ColdStoreError, match="another model or KV cache shape"):
             other.load_state(state)
@@ -239,9 +222,9 @@ def test_save_and_load_state_carry_the_cold_store(tiny_llama):
         other.close()
 
 
-def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_llama):
+def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_model):
     llm = _engine(
-        tiny_llama,
+        tiny_model,
         policy="streaming",
         budget=96,
         recall=True,
@@ -268,9 +251,9 @@ def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_llama):
         (dict(recall=True, recall_window=0), "recall_window"),
     ],
 )
-def test_bad_recall_settings_are_refused_with_the_reason(tiny_llama, kwargs, match):
+def test_bad_recall_settings_are_refused_with_the_reason(tiny_model, kwargs, match):
     with pytest.raises(EngineConfigError, match=match):
-        _engine(tiny_llama, policy="streaming", **kwargs)
+        _engine(tiny_model, policy="streaming", **kwargs)
 
 
 # --- the real model ----------------------------------------------------------------------------
@@ -334,8 +317,8 @@ def test_recalling_everything_makes_greedy_output_equal_to_full(model_path):
         ours.close()
 
 
-def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_llama):
-    llm = _engine(tiny_llama, policy="streaming", budget=96, recall=True)
+def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_model):
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True)
     try:
         llm.eval(_tokens(llm, 400))
         cold = llm.memory.cold

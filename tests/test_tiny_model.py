@@ -9,25 +9,8 @@ import llama_cpp.llama_cpp as low
 import numpy as np
 import pytest
 from test_native import python_capture_llama
-from tiny_gguf import PRESETS, write_llama_gguf
 
 from edge_namm import NammLlama, native
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    return str(write_llama_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=1))
-
-
-@pytest.fixture(scope="module")
-def tiny_gemma3(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny") / "gemma3.gguf"
-    return str(write_llama_gguf(path, seed=2, **PRESETS["tiny-gemma3"]))
-
-
-@pytest.fixture(params=["llama", "gemma3"])
-def any_tiny(request, tiny_model, tiny_gemma3) -> str:
-    return tiny_model if request.param == "llama" else tiny_gemma3
 
 
 def _llama(path: str) -> llama_cpp.Llama:

@@ -28,7 +28,7 @@ import numpy as np
 PAGE = 16  # cold tokens per digest page
 EXACT_LIMIT = 4096  # cold stores up to this size are scored exactly, token by token
 TOP_PAGES = 64  # pages scored exactly when the digests narrow the search
-POOL_RADIUS = 4  # a recalled token brings its cold neighbours this close in the conversation
+POOL_RADIUS = 8  # a recalled token brings its cold neighbours this close: a ~16-token fact
 
 
 def _grouped(queries: np.ndarray, scales: np.ndarray, n_head_kv: int) -> np.ndarray:
