@@ -391,21 +391,28 @@ class NammLlama(llama_cpp.Llama):
         mem.stats.seconds_namm += time.perf_counter() - t0
 
     def _redecode_last(self, window: int) -> None:
-        """Remove the newest `window` tokens' cells and decode those tokens again in place."""
+        """Remove the newest `window` tokens' cells and decode those tokens again in place.
+        A batch must continue right after the newest position in the cache, so when an update
+        evicted tokens just before the window, the re-decode starts after the last one kept."""
         mem = self._memory
         start = self.n_tokens - window
+        kept = mem.kept_logical()
+        below = kept[kept < start]
+        if len(below) and below[-1] != start - 1:
+            start = max(int(below[-1]) + 1, self._positions.exact_from)
         self._ctx.kv_cache_seq_rm(-1, start, -1)
         mem.drop_cold_from(start)
         mem.before_decode()
-        self._batch.set_batch(
-            batch=list(self.input_ids[start : self.n_tokens]),
-            n_past=start - self._positions.shift,
-            logits_all=self._logits_all,
-        )
-        t0 = time.perf_counter()
-        self._ctx.decode(self._batch)
-        mem.stats.seconds_llama += time.perf_counter() - t0
-        mem.after_decode(window, self._positions.shift, fold=False)
+        tokens = self.input_ids[start : self.n_tokens].tolist()
+        for i in range(0, len(tokens), self.chunk):
+            batch = tokens[i : i + self.chunk]
+            self._batch.set_batch(
+                batch=batch, n_past=start + i - self._positions.shift, logits_all=self._logits_all
+            )
+            t0 = time.perf_counter()
+            self._ctx.decode(self._batch)
+            mem.stats.seconds_llama += time.perf_counter() - t0
+            mem.after_decode(len(batch), self._positions.shift, fold=False)
 
     def eval_logprobs(self, tokens: Sequence[int]) -> np.ndarray:
         """Decode tokens and return log p(tokens[i] | everything before it) for i >= 1.
