@@ -130,3 +130,19 @@ def test_info_reports_patch_backend_and_pulled_models(tmp_path):
     assert data["default_model"].startswith(str(tmp_path))
     out, status = pexpect.run(f"{BIN} info", withexitstatus=True, encoding="utf-8", env=env)
     assert status == 0 and "run `edge-namm pull`" in out
+
+
+def test_ctrl_c_during_prefill_leaves_a_usable_conversation(chat):
+    """A long pasted message interrupted while it is being read: the chat goes on and the next
+    turn is answered (the half-read message is re-read or dropped, never corrupts the cache)."""
+    chat.sendline("Summarise this: " + "the cat sat on the mat and looked at the moon. " * 70)
+    chat.expect(r"moon\. \r\n")  # past the terminal's echo of the line
+    chat.expect("prefill")  # the progress bar: the message is being read now
+    chat.sendintr()
+    chat.expect(r"\[interrupted\]")
+    chat.expect("> ")
+    chat.sendline("What is the capital of France?")
+    chat.expect(r"\[kv (\d+) cells")
+    chat.expect("> ")
+    chat.sendline("/memory")
+    chat.expect(r"tokens kept\)")
