@@ -331,3 +331,16 @@ def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_model):
             np.testing.assert_array_equal(hi[:, p], block.max(axis=1))
     finally:
         llm.close()
+
+
+def test_kvzip_with_recall_when_an_update_lands_in_the_prompts_last_tokens(tiny_model):
+    """The repeat pass runs inside the query window: the window's queries survive it."""
+    llm = _engine(tiny_model, policy="kvzip", budget=96, recall=True, recall_window=16)
+    try:
+        tokens = _tokens(llm, 400)
+        llm.eval(tokens[:200])
+        for cut in range(200, 400, 25):  # prompts ending at every offset from an update
+            llm.eval(tokens[cut : cut + 25])
+        assert llm.stats.recalls >= 1 and llm.stats.updates >= 10
+    finally:
+        llm.close()

@@ -462,6 +462,7 @@ class NammLlama(llama_cpp.Llama):
         i = 0
         tail_start = len(tokens) - query_tail if query_tail else len(tokens)
         queries = None
+        stash: list[np.ndarray] = []  # queries set aside around a repeat pass
         try:
             while i < len(tokens):
                 n = min(self.chunk, self.update_interval - self._since_update, len(tokens) - i)
@@ -492,7 +493,13 @@ class NammLlama(llama_cpp.Llama):
                 self._since_update += n
                 if self._since_update >= self.update_interval:
                     if self.policy.needs_repeat:
+                        capturing = query_tail and i >= tail_start
+                        if capturing:  # the repeat pass must not add to the prompt's queries
+                            stash.append(mem.capture.queries().copy())
+                            mem.capture_queries(False)
                         self._repeat_pass()
+                        if capturing:
+                            mem.capture_queries(True)
                     mem.update()
                     self._since_update = 0
                     self._maybe_reposition()
@@ -500,7 +507,8 @@ class NammLlama(llama_cpp.Llama):
                 if bar is not None:
                     bar.update(n)
             if query_tail:
-                queries = (mem.capture.queries().copy(), mem.capture.kq_scales())
+                rows = np.concatenate([*stash, mem.capture.queries()], axis=2)
+                queries = (rows, mem.capture.kq_scales())
         finally:
             if bar is not None:
                 bar.close()
