@@ -272,27 +272,33 @@ def _answer(llm: NammLlama, messages: list[dict]) -> str:
     return out["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("policy", ["streaming", "namm"])
-def test_passkey_evicted_mid_context_comes_back_with_recall(model_path, policy):
-    """At a ~25% budget the pass key is evicted; the question recalls it (and without recall
-    the same cache cannot answer: the test can fail)."""
-    messages = _passkey_messages(90)  # ~1.7k tokens
-    kw = dict(policy=policy, budget=384, update_interval=256, chunk=128, seed=0)
+PASSKEY_ENGINE = dict(budget=384, update_interval=256, chunk=128, seed=0)  # ~25% of ~1.7k tokens
+
+
+def test_full_cache_finds_the_passkey_and_streaming_loses_it(model_path):
+    """The baseline that makes the next test able to fail."""
+    messages = _passkey_messages(90)
     full = NammLlama(model_path, policy="full", budget=2048, update_interval=256, chunk=128)
     try:
         assert "73914" in _answer(full, messages)
     finally:
         full.close()
-    without = NammLlama(model_path, **kw)
+    without = NammLlama(model_path, policy="streaming", **PASSKEY_ENGINE)
     try:
         assert "73914" not in _answer(without, messages)
     finally:
         without.close()
-    llm = NammLlama(model_path, recall=True, **kw)
+
+
+@pytest.mark.parametrize("policy, recall", [("streaming", True), ("namm", True), ("kvzip", False)])
+def test_passkey_evicted_mid_context_comes_back(model_path, policy, recall):
+    """At a ~25% budget the pass key is evicted by streaming; the question recalls it (+recall),
+    or the repeat pass keeps it (kvzip, no question needed)."""
+    llm = NammLlama(model_path, policy=policy, recall=recall, **PASSKEY_ENGINE)
     try:
-        assert "73914" in _answer(llm, messages)
-        assert llm.stats.tokens_recalled > 0
+        assert "73914" in _answer(llm, _passkey_messages(90))
         assert llm.stats.max_cells_after_update <= 384
+        assert (llm.stats.tokens_recalled > 0) == recall
     finally:
         llm.close()
 
