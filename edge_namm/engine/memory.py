@@ -56,6 +56,9 @@ class KVMemory:
             Callable[[CacheView, np.ndarray], None]
         ] = []  # observers (tests, eval)
         self._rows_armed = True  # False while the capture is armed for queries only
+        # newest tokens no update may evict (recall re-decodes a prompt's last tokens, which
+        # must follow the token before them)
+        self.protect_recent = 0
         self.repeat_scores: np.ndarray | None = None  # per cell, set by a repeat pass
         self.cold: ColdStore | None = None
         self.token_of: Callable[[np.ndarray], np.ndarray] | None = None
@@ -150,7 +153,7 @@ class KVMemory:
             self.budget,
             evict_negative=self.policy.evicts_negative,
             n_sink=self.policy.n_sink,
-            n_recent=self.policy.n_recent,
+            n_recent=max(self.policy.n_recent, self.protect_recent),
         )
         if len(evict):
             self._evict(view, evict, scores)

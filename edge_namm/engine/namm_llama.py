@@ -151,11 +151,14 @@ class NammLlama(llama_cpp.Llama):
             raise EngineConfigError(
                 f"chunk must be between 1 and update_interval ({update_interval}), got {chunk}"
             )
-        min_budget = chunk + self.policy.n_protected
+        protected = self.policy.n_protected
+        if recall:  # recall also keeps the newest recall_window + 1 tokens through updates
+            protected = self.policy.n_sink + max(self.policy.n_recent, recall_window + 1, 1)
+        min_budget = chunk + protected
         if budget < min_budget:
             raise EngineConfigError(
                 f"budget of {budget} cells is too small: it must hold at least one chunk ({chunk}) "
-                f"plus the {self.policy.n_protected} protected tokens, i.e. >= {min_budget}. "
+                f"plus the {protected} protected tokens, i.e. >= {min_budget}. "
                 "Raise --budget or lower --chunk."
             )
         record = self.policy.needs_attention if record_attention is None else record_attention
@@ -232,6 +235,7 @@ class NammLlama(llama_cpp.Llama):
         self.recall_redecode = recall_redecode
         self.recall_max = max(16, budget // 4) if recall_max is None else recall_max
         if recall:
+            self._memory.protect_recent = recall_window + 1
             self._memory.enable_cold(
                 lambda logical: self.input_ids[logical], cold_budget=cold_budget, cold_dir=cold_dir
             )
