@@ -85,6 +85,28 @@ def soak_api(args) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
         if llm.n_tokens >= args.tokens:
             break
+    # a session of this length: how long saving and loading it take (no re-prefill)
+    path = Path(tempfile.mkdtemp(prefix="soak-session-")) / "chat.session"
+    t0 = time.perf_counter()
+    llm.save_session(path, extra={"messages": messages})
+    saved = time.perf_counter() - t0
+    other = NammLlama(
+        args.model, budget=args.budget, recall=True, reposition=True, n_threads=args.threads
+    )
+    t0 = time.perf_counter()
+    other.load_session(path)
+    rows[-1].update(
+        session_mib=path.stat().st_size / 2**20,
+        session_save_s=saved,
+        session_load_s=time.perf_counter() - t0,
+    )
+    print(
+        json.dumps(
+            {k: rows[-1][k] for k in ("tokens", "session_mib", "session_save_s", "session_load_s")}
+        ),
+        flush=True,
+    )
+    other.close()
     llm.close()
     return rows
 
