@@ -404,6 +404,12 @@ class NammLlama(llama_cpp.Llama):
         below = kept[kept < start]
         if len(below) and below[-1] != start - 1:
             start = max(int(below[-1]) + 1, self._positions.exact_from)
+        # llama.cpp takes a batch only right after the newest position left in the cache; when
+        # re-positioning made that impossible, the window keeps the values it has
+        positions, logical = mem._positions, mem._logical
+        left = positions[(positions >= 0) & (logical < start)]
+        if len(left) and int(left.max()) + 1 != start - self._positions.shift:
+            return
         self._ctx.kv_cache_seq_rm(-1, start, -1)
         mem.drop_cold_from(start)
         mem.before_decode()
