@@ -406,9 +406,10 @@ class NammLlama(llama_cpp.Llama):
             start = max(int(below[-1]) + 1, self._positions.exact_from)
         # llama.cpp takes a batch only right after the newest position left in the cache; when
         # re-positioning made that impossible, the window keeps the values it has
-        positions, logical = mem._positions, mem._logical
-        left = positions[(positions >= 0) & (logical < start)]
-        if len(left) and int(left.max()) + 1 != start - self._positions.shift:
+        first = start - self._positions.shift  # physical position the re-decode starts at
+        actual = native.cell_positions(self._ctx.ctx)
+        left = actual[(actual >= 0) & (actual < first)]
+        if len(left) and int(left.max()) + 1 != first:
             return
         self._ctx.kv_cache_seq_rm(-1, start, -1)
         mem.drop_cold_from(start)
