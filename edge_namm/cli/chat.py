@@ -79,10 +79,11 @@ def render_memory(llm, width: int = 2000) -> str:
 @update_interval_option()
 @click.option(
     "--recall/--no-recall",
-    default=True,
+    default=False,
     show_default=True,
     help="Keep evicted tokens in a cold store and bring back the ones each new message "
-    "attends to (docs/DESIGN.md).",
+    "attends to (docs/DESIGN.md). Off by default for now: with re-positioning (the default) "
+    "a long chat past the first renumbering can stop on a llama_decode error.",
 )
 @click.option(
     "--cold-budget",
