@@ -399,7 +399,10 @@ class NammLlama(llama_cpp.Llama):
         A batch must continue right after the newest position in the cache, so when an update
         evicted tokens just before the window, the re-decode starts after the last one kept."""
         mem = self._memory
-        start = self.n_tokens - window
+        # tokens before the last renumbering have no exact physical position: never start there
+        start = max(self.n_tokens - window, self._positions.exact_from)
+        if start >= self.n_tokens:
+            return
         kept = mem.kept_logical()
         below = kept[kept < start]
         if len(below) and below[-1] != start - 1:
@@ -411,7 +414,8 @@ class NammLlama(llama_cpp.Llama):
         left = actual[(actual >= 0) & (actual < first)]
         if len(left) and int(left.max()) + 1 != first:
             return
-        self._ctx.kv_cache_seq_rm(-1, start, -1)
+        if not self._ctx.kv_cache_seq_rm(-1, start, -1):
+            return
         mem.drop_cold_from(start)
         mem.before_decode()
         tokens = self.input_ids[start : self.n_tokens].tolist()
