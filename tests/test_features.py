@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
@@ -13,7 +12,9 @@ from edge_namm.features import (
     AttentionFeatures,
     FeatureConfig,
     NormStats,
+    _fft_generated,
     age_embedding,
+    fft_codegen,
     normalise,
     raw_features,
 )
@@ -198,11 +199,11 @@ def test_long_fold_equals_query_by_query(n_fft: int, hop: int, parallel: bool) -
 
 
 def test_generated_frame_kernel_is_current() -> None:
-    """stft._frame32 is pasted from frame32_source(TILE); regenerate it if either changes."""
-    text = inspect.getsource(kernels)
-    begin = "# --- begin generated: frame32_source() ---\n"
-    block = text[text.index(begin) + len(begin) : text.index("# --- end generated ---")]
-    assert block == frame32_source(kernels.TILE)[0]
+    """_fft_generated.py is what fft_codegen writes; if not, run the command in its header."""
+    committed = fft_codegen.GENERATED_PATH.read_text(encoding="utf-8")
+    assert committed == fft_codegen.generated_module(kernels.TILE), fft_codegen.REGENERATE_COMMAND
+    assert kernels._frame32 is _fft_generated._frame32
+    assert fft_codegen.main(["--check"]) == 0
 
 
 @pytest.mark.parametrize("n_fft", [8, 16, 32, 64])
