@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from edge_namm.eval.runner import FULL_BUDGET, read_results
+from edge_namm.eval.results import FULL_BUDGET, read_results
 from edge_namm.tasks.metrics import LOWER_IS_BETTER
 
 SUMMARY_CSV = "summary.csv"

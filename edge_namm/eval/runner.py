@@ -27,8 +27,28 @@ from typing import Any
 
 import numpy as np
 
+# The names marked F401 are not used here but are the runner's API: callers import them from it.
+from edge_namm.eval.budgets import (
+    CELL_QUANTUM,  # noqa: F401
+    FULL_QUANTUM,  # noqa: F401
+    NO_BUDGET,  # noqa: F401
+    Budget,
+    comma_list,
+    full_cache_cells,
+    min_budget_cells,
+    parse_budget,  # noqa: F401
+    parse_budgets,
+)
 from edge_namm.eval.decoding import greedy
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
+from edge_namm.eval.results import (
+    FULL_BUDGET,
+    KEY_FIELDS,  # noqa: F401
+    RESULTS_FILE,
+    RUNS_FILE,
+    read_results,
+    row_key,
+)
 from edge_namm.policies import POLICIES, make_policy
 from edge_namm.tasks import (
     LONGBENCH_DATASETS,
@@ -41,105 +61,11 @@ from edge_namm.tasks import (
     score_sample,
 )
 
-RESULTS_FILE = "results.jsonl"
-RUNS_FILE = "runs.jsonl"
 LONGBENCH_PREFIX = "longbench:"
-FULL_BUDGET = "full"
-NO_BUDGET = "none"
-CELL_QUANTUM = 16  # fraction budgets are rounded to this many cells
-FULL_QUANTUM = 256  # full-cache engines are sized up to a multiple of this (engine reuse)
 DEFAULT_BUDGETS = ("0.125", "0.25", "0.5")
-KEY_FIELDS = (
-    "model",
-    "policy",
-    "scorer",
-    "budget",
-    "task",
-    "sample_id",
-    "seed",
-    "mode",
-    "update_interval",
-    "chunk",
-)
-
-
-# --- budgets -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Budget:
-    """A memory budget: a fixed number of cells, a fraction of each sample's input, or none.
-
-    ``none`` (neither set) puts no cap on the cache: only a policy's own rule evicts (the NAMM
-    paper's score < 0), which shows how much memory that rule alone keeps.
-    """
-
-    cells: int | None = None
-    fraction: float | None = None
-
-    @property
-    def unbounded(self) -> bool:
-        return self.cells is None and self.fraction is None
-
-    @property
-    def label(self) -> str:
-        if self.fraction is not None:
-            return f"{self.fraction * 100:g}%"
-        return NO_BUDGET if self.unbounded else str(self.cells)
-
-    def resolve(self, n_input: int) -> int:
-        """Cells for a sample whose prompt has ``n_input`` tokens (unbounded: all of them)."""
-        if self.cells is not None:
-            return self.cells
-        if self.fraction is None:
-            return n_input
-        cells = round(self.fraction * n_input / CELL_QUANTUM) * CELL_QUANTUM
-        return max(CELL_QUANTUM, int(cells))
-
-
-def parse_budget(spec: str | int | float) -> Budget:
-    """``"1024"`` / ``1024`` -> cells; ``"0.25"`` / ``0.25`` / ``"25%"`` -> fraction of input;
-    ``"none"`` -> no cap (only a policy's own rule evicts)."""
-    text = str(spec).strip()
-    if text.lower() == NO_BUDGET:
-        return Budget()
-    try:
-        if text.endswith("%"):
-            fraction = float(text[:-1]) / 100
-        elif isinstance(spec, float) or "." in text or "e" in text.lower():
-            fraction = float(text)
-        else:
-            cells = int(text)
-            if cells <= 0:
-                raise ValueError
-            return Budget(cells=cells)
-    except ValueError:
-        raise ValueError(
-            f"bad budget {spec!r}: give cells (e.g. 1024), a fraction of the input "
-            "(e.g. 0.25 or 25%) or 'none' (no cap: only the policy's own rule evicts)"
-        ) from None
-    if not fraction > 0 or math.isinf(fraction):
-        raise ValueError(f"bad budget {spec!r}: a fraction must be > 0")
-    return Budget(fraction=fraction)
-
-
-def parse_budgets(specs: str | Iterable[str | int | float]) -> list[Budget]:
-    items = _split(specs)
-    if not items:
-        raise ValueError("no budgets given")
-    out: list[Budget] = []
-    for item in items:
-        b = parse_budget(item)
-        if b not in out:
-            out.append(b)
-    return out
 
 
 # --- names -------------------------------------------------------------------------------------
-def _split(value: str | Iterable[Any]) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v).strip() for v in value if str(v).strip()]
-
-
 RECALL_SUFFIX = "+recall"
 
 
@@ -155,7 +81,7 @@ def parse_policies(names: str | Iterable[str] | None) -> list[str]:
     name may carry '+recall' (the cold tier with query-aware recall)."""
     if names is None:
         return list(POLICIES)
-    out = _split(names)
+    out = comma_list(names)
     valid = f"valid policies: {', '.join(POLICIES)} (each also as NAME+recall)"
     if not out:
         raise ValueError(f"no policies given; {valid}")
@@ -172,7 +98,7 @@ def valid_task_names() -> str:
 
 def parse_tasks(names: str | Iterable[str]) -> list[str]:
     """Task names: synthetic ones (``TASKS``), ``longbench:<dataset>`` or ``longbench``."""
-    out = _split(names)
+    out = comma_list(names)
     if not out:
         raise ValueError(f"no tasks given; valid tasks: {valid_task_names()}")
     for name in out:
@@ -192,7 +118,7 @@ def parse_tasks(names: str | Iterable[str]) -> list[str]:
 
 def parse_lengths(lengths: str | Iterable[int | str]) -> list[int]:
     out = []
-    for item in _split(lengths):
+    for item in comma_list(lengths):
         try:
             n = int(item)
         except ValueError:
@@ -261,33 +187,6 @@ def build_samples(
     return out
 
 
-# --- results file ------------------------------------------------------------------------------
-def row_key(row: dict) -> tuple:
-    return tuple(row.get(k) for k in KEY_FIELDS)
-
-
-def read_results(path: str | Path) -> list[dict]:
-    """Rows of a results.jsonl; a line cut short by an interrupted run is ignored."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    rows: list[dict] = []
-    if not path.is_file():
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                warnings.warn(f"{path}:{lineno}: ignoring unreadable results row", stacklevel=2)
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
 # --- jobs --------------------------------------------------------------------------------------
 @dataclass
 class _Job:
@@ -300,10 +199,6 @@ class _Job:
     engine_cells: int  # the engine's budget (clamped / sized to the sample)
     no_eviction: bool
     clamped: bool
-
-
-def _round_up(n: int, q: int) -> int:
-    return -(-n // q) * q
 
 
 def _plan(
@@ -326,17 +221,17 @@ def _plan(
                 )
                 if budget is None:
                     cells = prep.n_total
-                    engine = _round_up(cells, FULL_QUANTUM)
+                    engine = full_cache_cells(cells)
                     clamped = False
                 elif budget.unbounded:  # no cap: the cache holds the whole sample if need be
                     cells = prep.n_total
-                    engine = max(_round_up(cells, FULL_QUANTUM), min_cells[policy])
+                    engine = max(full_cache_cells(cells), min_cells[policy])
                     clamped = False
                 else:
                     cells = budget.resolve(prep.n_input)
                     engine = cells
                     if cells >= prep.n_total:  # never evicts: size the cache to the sample
-                        engine = _round_up(prep.n_total, FULL_QUANTUM)
+                        engine = full_cache_cells(prep.n_total)
                     clamped = cells < prep.n_total and engine < min_cells[policy]
                     engine = max(engine, min_cells[policy])
                 jobs.append(
@@ -491,7 +386,7 @@ def run_eval(
     for p in policy_names:
         p_base = split_policy(p)[0]
         pol = make_policy(p_base, scorer=scorer if p_base == "namm" else None)
-        min_cells[p] = chunk + pol.n_protected
+        min_cells[p] = min_budget_cells(chunk, pol.n_protected)
     jobs = _plan(policy_names, budget_list, prepared, base, min_cells)
     for job in jobs:
         if split_policy(job.policy)[0] == "namm":

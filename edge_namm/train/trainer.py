@@ -177,13 +177,15 @@ class TrainConfig:
 
     @property
     def min_cells(self) -> int:
-        return self.chunk + 1
+        from edge_namm.eval.budgets import min_budget_cells
+
+        return min_budget_cells(self.chunk, n_protected=1)  # the newest token
 
 
 def budget_cells(config: TrainConfig, n_input: int) -> list[int]:
     """Cells of every training budget on an ``n_input``-token prompt; TrainConfigError when a
     budget does not parse or leaves no room for one chunk plus the newest token."""
-    from edge_namm.eval.runner import parse_budget
+    from edge_namm.eval.budgets import parse_budget
 
     out = []
     for text in config.budgets:
