@@ -95,7 +95,8 @@ class NammLlama(llama_cpp.Llama):
     at most `recall_max` per prompt (default budget / 4), then decode the last
     `recall_redecode` tokens again (default: the whole window) so they see them;
     `cold_budget` caps the cold store in tokens, `cold_dir` spills it to memory-mapped files;
-    see engine/recall.py). Other arguments go to llama_cpp.Llama;
+    see engine/recall.py), `feature_config` (feature constants when the policy has no scorer to
+    dictate them, e.g. recording features for training). Other arguments go to llama_cpp.Llama;
     `n_ctx` is derived from the budget and must not be given.
     """
 
@@ -121,6 +122,7 @@ class NammLlama(llama_cpp.Llama):
         recall_max: int | None = None,
         cold_budget: int | None = None,
         cold_dir: str | None = None,
+        feature_config: FeatureConfig | None = None,
         flash_attn: bool = False,
         verbose: bool = False,
         seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
@@ -198,9 +200,12 @@ class NammLlama(llama_cpp.Llama):
         self._memory: KVMemory | None = None
         self._chat: tuple[bytes, int] | None = None  # (text, tokens) the cache holds
         self._chat_pending: tuple[bytes, list[int]] | None = None
+        features = _feature_config_of(self.policy) or feature_config
+        # KVzip scores with a repeat pass; a NAMM trained with it folded in needs it too
+        self._repeat = bool(self.policy.needs_repeat or (features and features.repeat))
         try:
-            # a repeat pass (kvzip) needs room for one interval and its prompt on top
-            extra = update_interval + 64 if self.policy.needs_repeat else 0
+            # a repeat pass needs room for one interval and its prompt on top
+            extra = update_interval + 64 if self._repeat else 0
             super().__init__(
                 str(path),
                 n_ctx=budget + update_interval + extra,
@@ -226,10 +231,13 @@ class NammLlama(llama_cpp.Llama):
             max_queries=chunk,
             n_embd_k=n_embd_k,
             bytes_per_cell=bytes_per_cell,
-            feature_config=_feature_config_of(self.policy),
+            feature_config=features,
             record_attention=record,
             seed=seed if seed != llama_cpp.LLAMA_DEFAULT_SEED else 0,
         )
+        #: the recorder of training turns the repeat pass off while it measures what the
+        #: question attends to, so that the repeat does not count as the question's attention
+        self.repeat_enabled = True
         self.recall = recall
         self.recall_window = recall_window
         self.recall_redecode = recall_redecode
@@ -365,8 +373,11 @@ class NammLlama(llama_cpp.Llama):
 
     def _repeat_pass(self) -> None:
         """KVzip's scoring pass: the model repeats the last interval's tokens after a repeat
-        prompt, teacher-forced, with attention capture on; then the repeat is removed."""
+        prompt, teacher-forced, with attention capture on; then the repeat is removed. Each
+        cell's largest repeat attention becomes its repeat score or, when the feature config
+        asks for it, the repeat queries are folded into the attention features."""
         mem = self._memory
+        fold = mem.features.config.repeat
         t0 = time.perf_counter()
         prompt = super().tokenize(self.policy.repeat_prompt.encode(), False, False)
         repeat = (
@@ -384,14 +395,22 @@ class NammLlama(llama_cpp.Llama):
                 batch = repeat[i : i + self.chunk]
                 self._batch.set_batch(batch=batch, n_past=start + i, logits_all=False)
                 self._ctx.decode(self._batch)
-                mem.fold_repeat_rows(best)
+                if fold:
+                    mem.features.fold(mem.capture.rows())
+                    mem.capture.clear()
+                else:
+                    mem.fold_repeat_rows(best)
         finally:
+            now = native.cell_positions(self._ctx.ctx)
             self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)  # logical: the repeat goes
             mem.capture.clear()
             if not armed:
                 mem.capture.disarm()
+            # the repeat's own cells were never the memory's: their folded state must go too
+            mem.features.reset_cells(np.flatnonzero(now >= start))
             mem.before_decode()
-        mem.set_repeat_scores(chunk, best[chunk])
+        if not fold:
+            mem.set_repeat_scores(chunk, best[chunk])
         mem.stats.seconds_namm += time.perf_counter() - t0
 
     def _redecode_last(self, window: int) -> None:
@@ -507,7 +526,7 @@ class NammLlama(llama_cpp.Llama):
                 self._store_tokens(batch)
                 self._since_update += n
                 if self._since_update >= self.update_interval:
-                    if self.policy.needs_repeat:
+                    if self._repeat and self.repeat_enabled:
                         capturing = query_tail and i >= tail_start
                         if capturing:  # the repeat pass must not add to the prompt's queries
                             stash.append(mem.capture.queries().copy())

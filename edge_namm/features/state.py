@@ -35,6 +35,9 @@ class FeatureConfig:
     ema_decay: float = 0.99
     age_dims: int = 8
     age_base: float = 50000.0
+    #: Also fold the attention of a context-repeat pass into the stream at every update (KVzip's
+    #: reconstruction signal, which makes tokens visible that later text never looks at).
+    repeat: bool = False
 
     def __post_init__(self) -> None:
         if self.n_fft < 8 or self.n_fft % 4 != 0:
@@ -47,6 +50,8 @@ class FeatureConfig:
             raise ValueError(f"age_dims must be even and >= 0, got {self.age_dims}")
         if self.age_base <= 0.0:
             raise ValueError(f"age_base must be > 0, got {self.age_base}")
+        if not isinstance(self.repeat, bool):
+            raise ValueError(f"repeat must be true or false, got {self.repeat!r}")
 
     @property
     def n_bins(self) -> int:

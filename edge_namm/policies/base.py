@@ -11,6 +11,9 @@ import numpy as np
 if TYPE_CHECKING:
     from edge_namm.features import AttentionFeatures
 
+#: What the engine asks before a repeat pass (KVzip): the tokens to repeat follow, teacher-forced.
+REPEAT_PROMPT = "\n\nRepeat the previous context exactly.\n"
+
 
 @dataclass
 class CacheView:
@@ -60,6 +63,7 @@ class Policy:
     name: ClassVar[str] = "base"
     needs_attention: ClassVar[bool] = False
     needs_repeat: ClassVar[bool] = False  # the engine runs a context-repeat pass before updates
+    repeat_prompt: ClassVar[str] = REPEAT_PROMPT
     evicts_negative: ClassVar[bool] = False
     n_sink: int = 0  # oldest tokens that are never evicted
     n_recent: int = 0  # newest tokens that are never evicted (the newest one always is)

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge_namm.policies.base import CacheView, Policy
+from edge_namm.policies.base import REPEAT_PROMPT, CacheView, Policy
 
 
 @dataclass
@@ -22,7 +22,7 @@ class KVzipPolicy(Policy):
     name = "kvzip"
     needs_repeat: ClassVar[bool] = True
     n_sink: int = 4  # attention sinks soak up repeat attention too: kept, as StreamingLLM does
-    repeat_prompt: str = "\n\nRepeat the previous context exactly.\n"
+    repeat_prompt: str = REPEAT_PROMPT
 
     def score(self, view: CacheView) -> np.ndarray:
         if view.repeat_scores is None:

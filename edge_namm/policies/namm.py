@@ -25,6 +25,12 @@ class NammPolicy(Policy):
     evicts_negative = True
     scorer: Any = None
 
+    @property
+    def needs_repeat(self) -> bool:  # type: ignore[override]
+        """A scorer trained on features with the repeat pass folded in needs that pass."""
+        config = getattr(self.scorer, "feature_config", None) or {}
+        return bool(config.get("repeat", False))
+
     def score(self, view: CacheView) -> np.ndarray:
         spec = view.per_head(view.features.spectrogram)  # [L, H, N, bins]
         n_layer, n_head, n, n_bins = spec.shape

@@ -33,6 +33,7 @@ DEFAULT_FEATURE_CONFIG: dict[str, Any] = {
     "ema_decay": 0.99,
     "age_dims": 8,
     "age_base": 50000.0,
+    "repeat": False,
 }
 """Feature-extraction settings a scorer was trained with (mirrors features.FeatureConfig)."""
 
@@ -69,8 +70,9 @@ def feature_config_diff(actual: Any, expected: Any) -> list[str]:
 
     Numbers compare by value (32 == 32.0), so a config survives a JSON round trip.
     """
-    a = feature_config_dict(actual)
-    e = feature_config_dict(expected)
+    # a key a file predates means its default (files written before `repeat` existed)
+    a = {**DEFAULT_FEATURE_CONFIG, **feature_config_dict(actual)}
+    e = {**DEFAULT_FEATURE_CONFIG, **feature_config_dict(expected)}
     diffs = []
     for key in sorted(set(a) | set(e)):
         if key not in a:

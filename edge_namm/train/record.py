@@ -97,9 +97,12 @@ def record_prompts(
     progress: Callable[[int], None] | None = None,
     llama_kwargs: dict | None = None,
     mode: str = "after",
+    feature_config: FeatureConfig | None = None,
 ) -> list[Recording]:
     """One full-cache pass per (task, PreparedSample) prepared in prompt ``mode``; see the
-    module docstring."""
+    module docstring. ``feature_config`` (default: the paper's) is what the scorer will read;
+    with ``repeat`` the context's repeat passes are folded in, but none runs while the
+    question and answer are measured, so the importance stays what they attend to."""
     from edge_namm.engine import NammLlama
 
     recs: list[Recording] = []
@@ -123,6 +126,7 @@ def record_prompts(
                     update_interval=update_interval,
                     chunk=chunk,
                     record_attention=True,
+                    feature_config=feature_config,
                     **(llama_kwargs or {}),
                 )
                 llm.memory.on_update.append(lambda view, _ev: current["fn"](view))
@@ -147,8 +151,10 @@ def record_prompts(
             else:
                 n_ctx = min(question_start(builder, sample, mode), n_prompt - 1)
             llm.reset()
+            llm.repeat_enabled = True
             llm.eval(prep.prompt[:n_ctx])
             before = _chronological_asum(llm)
+            llm.repeat_enabled = False
             llm.eval(prep.prompt[n_ctx:] + ans)
             after = _chronological_asum(llm)
             imp = context_importance(before, after[..., : before.shape[-1]], n_ctx)

@@ -1,0 +1,86 @@
+"""Which signal can tell a needle from its filler? Every policy's own score, compared.
+
+For each passkey / niah prompt of the train split, one full-cache pass over the context (up to
+the question) with attention recorded and KVzip's repeat pass on, then every query-agnostic
+policy scores the cached tokens from that same view. Each score is compared between the
+needle's tokens and the filler within +-150 tokens (age matched) as a ROC AUC: 0.5 = blind,
+1 = the needle always ranks above its neighbours. The last column is query-aware: the
+attention the question and answer pay to each token (what recall ranks with).
+
+    python benchmarks/needle_signals.py [--prompts 3] [--length 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import default_model, machine  # noqa: E402
+from needle_visibility import WINDOW, auc, needle_span  # noqa: E402
+
+POLICIES = ("h2o", "tova", "snapkv", "keydiff", "l2", "kvzip", "namm")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--tasks", default="passkey,niah")
+    ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from edge_namm import NammLlama
+    from edge_namm.eval.prompting import PromptBuilder
+    from edge_namm.policies import make_policy
+    from edge_namm.train.record import answer_tokens, question_start
+    from edge_namm.train.trainer import training_samples
+
+    model = args.model or default_model()
+    builder = PromptBuilder.from_model_path(model)
+    pairs = training_samples(args.tasks.split(","), [args.length], args.prompts, args.seed, builder)
+    scorers = {name: make_policy(name) for name in POLICIES if name != "kvzip"}
+    cells = -(-(args.length + 512) // 256) * 256
+    llm = NammLlama(model, policy="kvzip", budget=cells, record_attention=True, n_threads=2)
+    rows = []
+    try:
+        for _, sample in pairs:
+            prep = builder.prepare(sample, "after")
+            n_ctx = question_start(builder, sample, "after")
+            a, e = needle_span(builder, sample, "after")
+            llm.reset()
+            llm.eval(prep.prompt[:n_ctx])
+            view = llm.memory.view()
+            assert view.positions.tolist() == list(range(n_ctx)), "nothing may be evicted"
+            scores = {"kvzip": llm.policy.score(view)}
+            for name, pol in scorers.items():
+                scores[name] = np.asarray(pol.score(view), dtype=np.float64)
+            before = view.per_head(llm.memory.features.attention_sum).sum(axis=(0, 1))
+            llm.repeat_enabled = False
+            llm.eval(prep.prompt[n_ctx:] + answer_tokens(builder, sample))
+            llm.repeat_enabled = True
+            after = view.per_head(llm.memory.features.attention_sum).sum(axis=(0, 1))
+            scores["question (query-aware)"] = after - before
+            neigh = np.r_[max(8, a - WINDOW) : a, e : min(n_ctx, e + WINDOW)]
+            rows.append({k: auc(v[a:e], v[neigh]) for k, v in scores.items()})
+            rows[-1]["prompt"] = sample.sample_id
+    finally:
+        llm.close()
+
+    cols = [*POLICIES, "question (query-aware)"]
+    print(f"machine: {machine()}; {len(rows)} prompts of ~{args.length} tokens; needle AUC")
+    print()
+    print("| prompt | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for r in rows:
+        print(f"| {r['prompt']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
+    print("| **median** | " + " | ".join(f"{np.median([r[c] for r in rows]):.2f}" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
