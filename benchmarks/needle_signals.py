@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|" + "---:|" * len(cols))
     for r in rows:
         print(f"| {r['prompt']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
-    print("| **median** | " + " | ".join(f"{np.median([r[c] for r in rows]):.2f}" for c in cols) + " |")
+    medians = [f"{np.median([r[c] for r in rows]):.2f}" for c in cols]
+    print("| **median** | " + " | ".join(medians) + " |")
 
 
 if __name__ == "__main__":

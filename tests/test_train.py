@@ -53,6 +53,7 @@ def _config(model_path: str, **kw) -> TrainConfig:
         (dict(scorer_type="bam", subspace="tiny"), "unknown subspace 'tiny'"),
         (dict(scorer_type="bam", window=64), "--window is for --scorer-type bam-window"),
         (dict(scorer_type="bam-window", window=-1), "--window must be >= 0"),
+        (dict(online_fitness="bleu"), "online fitness must be one of task, logprob"),
     ],
 )
 def test_bad_configs_are_refused(kw, message):
@@ -320,3 +321,34 @@ def test_a_subspace_run_moves_only_its_coordinates(model_path, tmp_path):
     np.testing.assert_array_equal(shipped.params[fixed], sub.offset[fixed].astype(np.float32))
     assert np.abs(shipped.params[sub.free] - sub.offset[sub.free]).max() > 0  # it moved
     assert "bam-diagonal (84 coordinates" in shipped.provenance["subspace"]
+
+
+def test_logprob_fitness_with_repeat_features_is_continuous_and_ships_the_flag(
+    tiny_model, tmp_path
+):
+    """Phase 2 scores retrieval by the reference answer's probability: a real number in (0, 1]
+    for every candidate (the tiny random model never answers right, so `task` would be all 0),
+    and the repeat-pass features reach the recordings and the shipped scorer."""
+    from edge_namm.scorers import load_scorer
+
+    out = tmp_path / "run"
+    config = _config(
+        tiny_model,
+        lengths=[160],
+        budget="96",
+        update_interval=32,
+        chunk=32,
+        online_fitness="logprob",
+        repeat_features=True,
+        llama_kwargs={"n_threads": 1},
+    )
+    trainer = Trainer(config, out, progress=False, echo=lambda _m: None)
+    trainer.run()
+    assert (out / "recordings-repeat" / "passkey.pkl").is_file()
+    fulls = trainer.state.full_scores
+    assert fulls and all(k.endswith(":logprob") for k in fulls)
+    assert all(0.0 < v <= 1.0 for v in fulls.values())
+    online = [r for r in trainer.state.log if r["phase"] == "online"]
+    assert online and 0.0 < online[0]["fitness_mean"] < 10.0
+    shipped = load_scorer(out / SCORER_FILE)
+    assert shipped.feature_config["repeat"] is True

@@ -148,6 +148,22 @@ def parse_lengths(text: str) -> list[int]:
     help="bam-window only: newer cells each cell attends to (default: the --init-scorer's "
     "window, else 256).",
 )
+@click.option(
+    "--online-fitness",
+    type=click.Choice(["task", "logprob"]),
+    default="task",
+    show_default=True,
+    help="How phase 2 scores a retrieval prompt: task = the greedy answer under the task's "
+    "metric (what eval reports); logprob = the probability of the reference answer, "
+    "teacher-forced (continuous: it still ranks candidates that all answer wrongly).",
+)
+@click.option(
+    "--repeat-features",
+    is_flag=True,
+    help="Fold a context-repeat pass (KVzip's reconstruction attention) into the features the "
+    "scorer reads; the scorer file records it and the engine runs the pass for it (about one "
+    "more prefill).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--out",
@@ -190,6 +206,8 @@ def train(
     init_scorer,
     subspace,
     window,
+    online_fitness,
+    repeat_features,
     seed,
     out_dir,
     save,
@@ -234,6 +252,8 @@ def train(
         init_scorer=init_scorer,
         subspace=subspace,
         window=window,
+        online_fitness=online_fitness,
+        repeat_features=repeat_features,
         llama_kwargs=llama_kwargs,
         command="edge-namm train " + " ".join(shlex.quote(a) for a in sys.argv[1:][1:])
         if len(sys.argv) > 1 and sys.argv[1] == "train"

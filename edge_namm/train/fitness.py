@@ -21,22 +21,42 @@ from edge_namm.tasks.metrics import LOWER_IS_BETTER
 FULL_QUANTUM = 256
 
 
-def run_sample(llm: Any, builder: PromptBuilder, prep: PreparedSample) -> float:
+FITNESS_KINDS = ("task", "logprob")
+"""How a retrieval prompt is scored online: ``task``, the greedy answer under the task's metric
+(what eval reports, mostly 0 or 1); ``logprob``, the probability the model gives the reference
+answer, teacher-forced (per-token geometric mean): continuous, so candidates that all answer
+wrongly still rank by how close they came."""
+
+
+def run_sample(llm: Any, builder: PromptBuilder, prep: PreparedSample, kind: str = "task") -> float:
     """Reset, prefill, answer greedily (or score perplexity), return the task score."""
     llm.reset()
+    return run_from_prefix(llm, builder, prep, None, 0, kind)
+
+
+def run_from_prefix(
+    llm: Any,
+    builder: PromptBuilder,
+    prep: PreparedSample,
+    state: Any,
+    n: int,
+    kind: str = "task",
+) -> float:
+    """As ``run_sample`` but starting from ``state``, saved after the first ``n`` prompt tokens
+    (fewer than one update interval, so no policy decision was taken yet); ``state`` None
+    starts from the cache as it is (after a reset)."""
+    if state is not None:
+        llm.load_state(state)
     if prep.is_lm:
-        llm.eval(prep.prompt[:-1])
+        llm.eval(prep.prompt[n:-1])
         logprobs = llm.eval_logprobs([prep.prompt[-1], *prep.continuation])
         return float(math.exp(-float(np.mean(logprobs))))
-    llm.eval(prep.prompt)
-    generated = greedy(llm, builder, prep.sample.max_new_tokens)
-    return float(score_sample(prep.sample, builder.detokenize(generated)))
+    if kind == "logprob" and prep.sample.answers:
+        from edge_namm.train.record import answer_tokens
 
-
-def run_from_prefix(llm: Any, builder: PromptBuilder, prep: PreparedSample, state: Any, n: int):
-    """As ``run_sample`` but starting from ``state``, saved after the first ``n`` prompt tokens
-    (fewer than one update interval, so no policy decision was taken yet)."""
-    llm.load_state(state)
+        llm.eval(prep.prompt[n:-1])
+        logprobs = llm.eval_logprobs([prep.prompt[-1], *answer_tokens(builder, prep.sample)])
+        return float(math.exp(float(np.mean(logprobs))))
     llm.eval(prep.prompt[n:])
     generated = greedy(llm, builder, prep.sample.max_new_tokens)
     return float(score_sample(prep.sample, builder.detokenize(generated)))
@@ -63,7 +83,8 @@ class OnlineFitness:
 
     One ``NammLlama`` per resolved cell budget is kept and reused; the candidate scorer is
     swapped into its policy. Full-cache scores are computed once per prompt (``full_scores``
-    can be pre-filled from a checkpoint).
+    can be pre-filled from a checkpoint). ``kind`` (``FITNESS_KINDS``) says how a retrieval
+    prompt is scored; ``feature_config`` is the candidates' (a repeat pass runs when it asks).
     """
 
     def __init__(
@@ -79,7 +100,11 @@ class OnlineFitness:
         full_scores: dict[str, float] | None = None,
         llama_kwargs: dict | None = None,
         reuse_prefix: bool = True,
+        kind: str = "task",
     ) -> None:
+        if kind not in FITNESS_KINDS:
+            raise ValueError(f"fitness kind must be one of {FITNESS_KINDS}, got {kind!r}")
+        self.kind = kind
         self.model_path = model_path
         self.builder = builder
         self.prepared = list(prepared)
@@ -110,10 +135,15 @@ class OnlineFitness:
             self._engines[cells] = llm
         return llm
 
+    def key(self, prep: PreparedSample) -> str:
+        """Full-cache scores of the two kinds differ: they are kept apart (checkpoints too)."""
+        sid = prep.sample.sample_id
+        return sid if self.kind == "task" or prep.is_lm else f"{sid}:{self.kind}"
+
     def ensure_full_scores(self, progress: Callable[[], None] | None = None) -> dict[str, float]:
         from edge_namm.engine import NammLlama
 
-        missing = [p for _, p in self.prepared if p.sample.sample_id not in self.full_scores]
+        missing = [p for _, p in self.prepared if self.key(p) not in self.full_scores]
         if not missing:
             return self.full_scores
         llm = None
@@ -134,7 +164,7 @@ class OnlineFitness:
                         seed=self.seed,
                         **self.llama_kwargs,
                     )
-                self.full_scores[prep.sample.sample_id] = run_sample(llm, self.builder, prep)
+                self.full_scores[self.key(prep)] = run_sample(llm, self.builder, prep, self.kind)
                 if progress is not None:
                     progress()
         finally:
@@ -153,7 +183,7 @@ class OnlineFitness:
             for cells in self.budgets_of(prep):
                 value, frac = self._run(scorer, prep, cells)
                 scores.setdefault(task, []).append(value)
-                fulls.setdefault(task, []).append(self.full_scores[prep.sample.sample_id])
+                fulls.setdefault(task, []).append(self.full_scores[self.key(prep)])
                 fracs.append(frac)
         lower = {t for t, prep in self.prepared if prep.sample.metric in LOWER_IS_BETTER}
         per_task = {t: task_ratio(scores[t], fulls[t], t in lower) for t in scores}
@@ -165,7 +195,7 @@ class OnlineFitness:
 
         sid = prep.sample.sample_id
         if cells >= prep.n_total:  # nothing would be evicted: the full cache's answer
-            return self.full_scores[sid], 1.0
+            return self.full_scores[self.key(prep)], 1.0
         llm = self._engine(cells, NammPolicy(scorer=scorer))
         llm.policy.scorer = scorer
         llm.memory.policy.scorer = scorer
@@ -178,9 +208,9 @@ class OnlineFitness:
                 llm.reset()
                 llm.eval(prep.prompt[:n_pre])
                 self._prefix[key] = llm.save_state()
-            value = run_from_prefix(llm, self.builder, prep, self._prefix[key], n_pre)
+            value = run_from_prefix(llm, self.builder, prep, self._prefix[key], n_pre, self.kind)
         else:
-            value = run_sample(llm, self.builder, prep)
+            value = run_sample(llm, self.builder, prep, self.kind)
         st = llm.stats
         return value, min(1.0, st.cells_used / max(st.tokens_seen, 1))  # load_state restores stats
 

@@ -78,6 +78,8 @@ class TrainConfig:
     subspace: str = "full"  # "full" or a name in SUBSPACES: the coordinates CMA-ES searches
     window: int | None = None  # bam-window only: newer cells attended (None: the init's or 256)
     aggregation: str = "mean"
+    online_fitness: str = "task"  # how phase 2 scores retrieval prompts (fitness.FITNESS_KINDS)
+    repeat_features: bool = False  # fold a context-repeat pass into the features (KVzip signal)
     mode: str = "after"
     llama_kwargs: dict = field(default_factory=dict)
     command: str = ""
@@ -169,6 +171,13 @@ class TrainConfig:
             )
         if self.window is not None and self.window < 0:
             raise TrainConfigError(f"--window must be >= 0 newer cells, got {self.window}")
+        from edge_namm.train.fitness import FITNESS_KINDS
+
+        if self.online_fitness not in FITNESS_KINDS:
+            raise TrainConfigError(
+                f"online fitness must be one of {', '.join(FITNESS_KINDS)}, "
+                f"got {self.online_fitness!r}"
+            )
         if self.optimizer not in ("auto", "sep", "full"):
             raise TrainConfigError(f"optimizer must be auto, sep or full, got {self.optimizer!r}")
         if not self.budgets:
@@ -411,6 +420,12 @@ class Trainer:
             self._builder = PromptBuilder.from_model_path(self.config.model_path)
         return self._builder
 
+    @property
+    def feature_config(self) -> Any:
+        from edge_namm.features import FeatureConfig
+
+        return FeatureConfig(repeat=self.config.repeat_features)
+
     def base_scorer(self) -> Any:
         from edge_namm.scorers import SCORERS
 
@@ -419,6 +434,7 @@ class Trainer:
             st.start_params,
             st.norm_mean,
             st.norm_std,
+            feature_config=self.feature_config,
             aggregation=self.config.aggregation,
             options=self.config.scorer_options,
         )
@@ -428,7 +444,8 @@ class Trainer:
         from edge_namm.train.record import load_recordings, record_prompts, save_recordings
 
         cfg = self.config
-        rec_dir = self.out / "recordings"
+        # features with the repeat pass folded in are other features: recorded apart
+        rec_dir = self.out / ("recordings-repeat" if cfg.repeat_features else "recordings")
         rec_dir.mkdir(exist_ok=True)
         out = []
         for task in tasks:
@@ -452,6 +469,7 @@ class Trainer:
                         chunk=cfg.chunk,
                         progress=bar.update if bar else None,
                         llama_kwargs=cfg.llama_kwargs,
+                        feature_config=self.feature_config,
                     )
                     if bar:
                         bar.close()
@@ -567,9 +585,10 @@ class Trainer:
             seed=cfg.seed,
             full_scores=self.state.full_scores,
             llama_kwargs=cfg.llama_kwargs,
+            kind=cfg.online_fitness,
         )
         self._online_tasks = list(tasks)
-        missing = [p for _, p in prepared if p.sample.sample_id not in self.state.full_scores]
+        missing = [p for _, p in prepared if self._online.key(p) not in self.state.full_scores]
         if missing:
             bar = self._bar(len(missing), "full-cache scores", "prompt")
             t0 = time.perf_counter()
