@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from edge_namm import NammLlama
+    from edge_namm.eval.decoding import answer_tokens
     from edge_namm.eval.prompting import PromptBuilder
     from edge_namm.policies import make_policy
-    from edge_namm.train.record import answer_tokens, question_start
+    from edge_namm.train.record import question_start
     from edge_namm.train.trainer import training_samples
 
     model = args.model or default_model()

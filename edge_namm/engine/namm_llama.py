@@ -24,7 +24,7 @@ from edge_namm.engine.memory import KVMemory
 from edge_namm.engine.positions import LogicalPositionContext, PositionMap, renumber
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import FeatureConfig
-from edge_namm.policies import make_policy
+from edge_namm.policies import attention_free, make_policy
 from edge_namm.policies.base import Policy
 
 LOGICAL_N_CTX = 2**31 - 1
@@ -60,9 +60,8 @@ def check_model_file(model_path: str | Path) -> Path:
 
 
 def _feature_config_of(policy: Policy) -> FeatureConfig | None:
-    """A scorer dictates the feature constants it was trained with."""
-    scorer = getattr(policy, "scorer", None)
-    config = getattr(scorer, "feature_config", None)
+    """A policy's scorer dictates the feature constants it was trained with."""
+    config = policy.feature_config
     return FeatureConfig.from_dict(config) if config else None
 
 
@@ -168,7 +167,7 @@ class NammLlama(llama_cpp.Llama):
             raise EngineConfigError(
                 f"policy '{self.policy.name}' reads attention weights, which flash attention never "
                 "materialises: use flash_attn=False or a policy that needs no attention "
-                "(streaming, l2, keydiff, random, full)"
+                f"({', '.join(attention_free())})"
             )
         quantized_v = kwargs.get("type_v") not in (None, 0, 1, 30)  # f32, f16, bf16 are fine
         if recall and (flash_attn or quantized_v):
@@ -189,7 +188,7 @@ class NammLlama(llama_cpp.Llama):
             raise EngineConfigError(
                 "a quantized V cache makes llama.cpp use flash attention, which never "
                 f"materialises attention weights that policy '{self.policy.name}' reads: "
-                "drop type_v or use streaming, l2, keydiff, random or full"
+                f"drop type_v or use one of {', '.join(attention_free())}"
             )
         native.require()
         path = check_model_file(model_path)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from edge_namm.eval.results import FULL_BUDGET, read_results
+from edge_namm.eval.results import FULL_BUDGET, ratio_to_full, read_results
 from edge_namm.tasks.metrics import LOWER_IS_BETTER
 
 SUMMARY_CSV = "summary.csv"
@@ -124,9 +124,7 @@ class Summary:
             return float("nan")
         mine = _mean(r["score"] for r in rows)
         full = _mean(self._full[(task, r["sample_id"])] for r in rows)
-        if self.metric.get(task) in LOWER_IS_BETTER:
-            mine, full = full, mine
-        return mine / full if full > 0 else float("nan")
+        return ratio_to_full(mine, full, self.metric.get(task) in LOWER_IS_BETTER)
 
     def per_sample(self, policy: str, budget: str, task: str) -> dict[str, float]:
         """Each sample's score over the full cache's on it (inverted for perplexity), by

@@ -52,3 +52,23 @@ def read_results(path: str | Path) -> list[dict]:
             if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def ratio_to_full(
+    mine: float, full: float, lower_is_better: bool = False, *, undefined: str = "nan"
+) -> float:
+    """A score relative to the full cache's on the same prompts: ``mine / full``, or
+    ``full / mine`` where lower is better (perplexity), so 1.0 means "as good as the full cache".
+
+    When the denominator is 0 (the full cache never succeeds) the ratio is undefined:
+    ``undefined="nan"`` reports it as such (tables leave it out); ``"score"`` returns the
+    numerator itself, which training uses so that any success still counts as a gain.
+    """
+    num, den = (full, mine) if lower_is_better else (mine, full)
+    if den > 0:
+        return num / den
+    if undefined == "nan":
+        return float("nan")
+    if undefined == "score":
+        return num
+    raise ValueError(f"undefined must be 'nan' or 'score', got {undefined!r}")

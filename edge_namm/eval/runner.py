@@ -16,7 +16,6 @@ The ``full`` policy ignores budgets: it runs once per sample with a cache sized 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -39,7 +38,7 @@ from edge_namm.eval.budgets import (
     parse_budget,  # noqa: F401
     parse_budgets,
 )
-from edge_namm.eval.decoding import greedy
+from edge_namm.eval.decoding import run_prepared
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
 from edge_namm.eval.results import (
     FULL_BUDGET,
@@ -58,7 +57,6 @@ from edge_namm.tasks import (
     Sample,
     load_longbench,
     make_samples,
-    score_sample,
 )
 
 LONGBENCH_PREFIX = "longbench:"
@@ -267,19 +265,8 @@ def _evaluate(llm: Any, builder: PromptBuilder, job: _Job, tracker: _PeakTracker
     prep, sample = job.prep, job.prep.sample
     t0 = time.perf_counter()
     llm.reset(stats=True)
-    if prep.is_lm:
-        llm.eval(prep.prompt[:-1])
-        logprobs = llm.eval_logprobs([prep.prompt[-1], *prep.continuation])
-        value = float(math.exp(-float(np.mean(logprobs))))
-        prediction, n_generated = "", len(prep.continuation)
-    else:
-        start = 0
-        for end in (*prep.turn_ends, len(prep.prompt)):  # a conversation: one turn at a time
-            llm.eval(prep.prompt[start:end])
-            start = end
-        generated = greedy(llm, builder, sample.max_new_tokens)
-        prediction, n_generated = builder.detokenize(generated), len(generated)
-        value = score_sample(sample, prediction)
+    answer = run_prepared(llm, builder, prep)
+    value, prediction, n_generated = answer.value, answer.prediction, answer.n_generated
     seconds = time.perf_counter() - t0
     st = mem.stats
     used = st.max_cells_after_update if st.updates else st.cells_used
@@ -369,8 +356,12 @@ def run_eval(
         task_names, length_list, samples, seed, builder, haystack, data_dir, depths
     )
     prepared = [(task, builder.prepare(s, mode)) for task, s in pairs]
+
+    def takes_scorer(policy: str) -> bool:
+        return POLICIES[split_policy(policy)[0]].uses_scorer
+
     scorer_name = None
-    if any(split_policy(p)[0] == "namm" for p in policy_names):
+    if any(takes_scorer(p) for p in policy_names):
         from edge_namm.scorers.default import default_scorer_path
 
         scorer_name = str(scorer) if scorer is not None else default_scorer_path().name
@@ -385,11 +376,11 @@ def run_eval(
     min_cells = {}
     for p in policy_names:
         p_base = split_policy(p)[0]
-        pol = make_policy(p_base, scorer=scorer if p_base == "namm" else None)
+        pol = make_policy(p_base, scorer=scorer if takes_scorer(p) else None)
         min_cells[p] = min_budget_cells(chunk, pol.n_protected)
     jobs = _plan(policy_names, budget_list, prepared, base, min_cells)
     for job in jobs:
-        if split_policy(job.policy)[0] == "namm":
+        if takes_scorer(job.policy):
             job.key_row["scorer"] = scorer_name
     done = {row_key(r): r for r in read_results(results_path)}
     todo = [j for j in jobs if row_key(j.key_row) not in done]
@@ -415,7 +406,7 @@ def run_eval(
                     str(model_file),
                     policy=base_policy,
                     recall=recall,
-                    scorer=scorer if base_policy == "namm" else None,
+                    scorer=scorer if takes_scorer(policy) else None,
                     budget=cells,
                     update_interval=update_interval,
                     chunk=chunk,

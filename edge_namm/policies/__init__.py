@@ -46,13 +46,26 @@ def make_policy(
     if name not in POLICIES:
         raise ValueError(f"unknown policy '{name}'; valid policies: {', '.join(sorted(POLICIES))}")
     cls = POLICIES[name]
-    if cls is NammPolicy:
+    if cls.uses_scorer:
         from edge_namm.scorers.default import resolve_scorer
 
         return cls(scorer=resolve_scorer(scorer, scorer_backend, scorer_providers), **kwargs)
     if scorer is not None:
-        raise ValueError(f"policy '{name}' takes no scorer (only 'namm' does)")
+        takers = ", ".join(n for n, c in POLICIES.items() if c.uses_scorer)
+        raise ValueError(f"policy '{name}' takes no scorer (only {takers} do)")
     return cls(**kwargs)
 
 
-__all__ = ["POLICIES", "CacheView", "Policy", "make_policy", "select_evictions"]
+def attention_free() -> list[str]:
+    """Policies that never read attention weights (they work with flash attention)."""
+    return [n for n, c in POLICIES.items() if not c.needs_attention]
+
+
+__all__ = [
+    "POLICIES",
+    "CacheView",
+    "Policy",
+    "attention_free",
+    "make_policy",
+    "select_evictions",
+]

@@ -64,9 +64,15 @@ class Policy:
     needs_attention: ClassVar[bool] = False
     needs_repeat: ClassVar[bool] = False  # the engine runs a context-repeat pass before updates
     repeat_prompt: ClassVar[str] = REPEAT_PROMPT
+    uses_scorer: ClassVar[bool] = False  # takes a scorer file (make_policy, eval, CLI read this)
     evicts_negative: ClassVar[bool] = False
     n_sink: int = 0  # oldest tokens that are never evicted
     n_recent: int = 0  # newest tokens that are never evicted (the newest one always is)
+
+    @property
+    def feature_config(self) -> dict | None:
+        """The feature constants this policy's scores were trained with (None: the defaults)."""
+        return None
 
     @property
     def n_protected(self) -> int:

@@ -23,13 +23,17 @@ class NammPolicy(Policy):
     name = "namm"
     needs_attention = True
     evicts_negative = True
+    uses_scorer = True
     scorer: Any = None
+
+    @property
+    def feature_config(self) -> dict | None:
+        return getattr(self.scorer, "feature_config", None)
 
     @property
     def needs_repeat(self) -> bool:  # type: ignore[override]
         """A scorer trained on features with the repeat pass folded in needs that pass."""
-        config = getattr(self.scorer, "feature_config", None) or {}
-        return bool(config.get("repeat", False))
+        return bool((self.feature_config or {}).get("repeat", False))
 
     def score(self, view: CacheView) -> np.ndarray:
         spec = view.per_head(view.features.spectrogram)  # [L, H, N, bins]

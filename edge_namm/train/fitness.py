@@ -7,31 +7,26 @@ training fitness of a scorer is the evaluation score it gets (normalised by the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from edge_namm.eval.decoding import greedy
+from edge_namm.eval.decoding import SCORE_KINDS, run_prepared
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
-from edge_namm.tasks import score_sample
+from edge_namm.eval.results import ratio_to_full
 from edge_namm.tasks.metrics import LOWER_IS_BETTER
 
 FULL_QUANTUM = 256
 
 
-FITNESS_KINDS = ("task", "logprob")
-"""How a retrieval prompt is scored online: ``task``, the greedy answer under the task's metric
-(what eval reports, mostly 0 or 1); ``logprob``, the probability the model gives the reference
-answer, teacher-forced (per-token geometric mean): continuous, so candidates that all answer
-wrongly still rank by how close they came."""
+FITNESS_KINDS = SCORE_KINDS
 
 
 def run_sample(llm: Any, builder: PromptBuilder, prep: PreparedSample, kind: str = "task") -> float:
-    """Reset, prefill, answer greedily (or score perplexity), return the task score."""
+    """Reset, prefill, answer (or score perplexity), return the score ``kind`` asks for."""
     llm.reset()
-    return run_from_prefix(llm, builder, prep, None, 0, kind)
+    return run_prepared(llm, builder, prep, 0, kind).value
 
 
 def run_from_prefix(
@@ -43,23 +38,9 @@ def run_from_prefix(
     kind: str = "task",
 ) -> float:
     """As ``run_sample`` but starting from ``state``, saved after the first ``n`` prompt tokens
-    (fewer than one update interval, so no policy decision was taken yet); ``state`` None
-    starts from the cache as it is (after a reset)."""
-    if state is not None:
-        llm.load_state(state)
-    if prep.is_lm:
-        llm.eval(prep.prompt[n:-1])
-        logprobs = llm.eval_logprobs([prep.prompt[-1], *prep.continuation])
-        return float(math.exp(-float(np.mean(logprobs))))
-    if kind == "logprob" and prep.sample.answers:
-        from edge_namm.train.record import answer_tokens
-
-        llm.eval(prep.prompt[n:-1])
-        logprobs = llm.eval_logprobs([prep.prompt[-1], *answer_tokens(builder, prep.sample)])
-        return float(math.exp(float(np.mean(logprobs))))
-    llm.eval(prep.prompt[n:])
-    generated = greedy(llm, builder, prep.sample.max_new_tokens)
-    return float(score_sample(prep.sample, builder.detokenize(generated)))
+    (fewer than one update interval, so no policy decision was taken yet)."""
+    llm.load_state(state)
+    return run_prepared(llm, builder, prep, n, kind).value
 
 
 def task_ratio(
@@ -71,11 +52,9 @@ def task_ratio(
     When the full cache scores 0 on every prompt of a task the ratio is undefined; the mean
     score itself is used (any success is a gain over the full cache).
     """
-    denom = float(np.mean(full)) if len(full) else 0.0
-    num = float(np.mean(scores)) if len(scores) else 0.0
-    if lower_is_better:
-        num, denom = denom, num
-    return num / denom if denom > 0 else num
+    mine = float(np.mean(scores)) if len(scores) else 0.0
+    ref = float(np.mean(full)) if len(full) else 0.0
+    return ratio_to_full(mine, ref, lower_is_better, undefined="score")
 
 
 class OnlineFitness:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_namm.eval.decoding import answer_tokens
 from edge_namm.features import FeatureConfig, NormStats, age_embedding
 from edge_namm.policies.selection import select_evictions
 
@@ -55,14 +56,6 @@ def question_start(builder, sample, mode: str = "after") -> int:
     if idx < 0:
         return len(builder.tokenize(text, add_bos=add_bos, special=True))
     return len(builder.tokenize(text[:idx], add_bos=add_bos, special=True))
-
-
-def answer_tokens(builder, sample) -> list[int]:
-    """The reference answer as the model would write it after the answer prefix."""
-    if not sample.answers:
-        return []
-    sep = "" if sample.answer_prefix.endswith((" ", "\n")) or not sample.answer_prefix else " "
-    return builder.tokenize(sep + ", ".join(str(a) for a in sample.answers))
 
 
 def context_importance(
