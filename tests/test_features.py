@@ -363,3 +363,16 @@ def test_norm_stats() -> None:
     np.testing.assert_array_equal(back.mean, stats.mean)
     np.testing.assert_array_equal(back.std, stats.std)
     assert back.count == stats.count
+
+
+def test_the_feature_vector_and_scorers_load_without_numba_or_llama_cpp():
+    """Scorers, ONNX export and training's simulator share one numpy-only feature module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edge_namm.scorers, edge_namm.features.vector; "
+        "print('numba' in sys.modules, 'llama_cpp' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -17,7 +17,6 @@ from edge_namm.engine.recall import EXACT_LIMIT, choose_swaps, pool_neighbours, 
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
-from edge_namm.policies.selection import select_evictions
 
 
 class KVMemory:
@@ -148,13 +147,7 @@ class KVMemory:
         t0 = time.perf_counter()
         view = self.view()
         scores = self.policy.score(view) if view.n else None
-        evict = select_evictions(
-            scores,
-            self.budget,
-            evict_negative=self.policy.evicts_negative,
-            n_sink=self.policy.n_sink,
-            n_recent=max(self.policy.n_recent, self.protect_recent),
-        )
+        evict = self.policy.evictions(scores, self.budget, self.protect_recent)
         if len(evict):
             self._evict(view, evict, scores)
         for observer in self.on_update:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from edge_namm.policies.selection import select_evictions
+
 if TYPE_CHECKING:
     from edge_namm.features import AttentionFeatures
 
@@ -80,3 +82,16 @@ class Policy:
 
     def score(self, view: CacheView) -> np.ndarray | None:
         raise NotImplementedError
+
+    def evictions(
+        self, scores: np.ndarray | None, budget: int, protect_recent: int = 0
+    ) -> np.ndarray:
+        """Which tokens go under this policy's rules (its sinks, recent window and negative-
+        score rule, plus `protect_recent` newest tokens): indices into the chronological view."""
+        return select_evictions(
+            scores,
+            budget,
+            evict_negative=self.evicts_negative,
+            n_sink=self.n_sink,
+            n_recent=max(self.n_recent, protect_recent),
+        )

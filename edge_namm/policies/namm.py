@@ -40,4 +40,9 @@ class NammPolicy(Policy):
         n_layer, n_head, n, n_bins = spec.shape
         ages = view.newest_position - view.positions
         x = raw_features(spec.reshape(n_layer * n_head, n, n_bins), ages, view.features.config)
+        return self.token_scores(x)
+
+    def token_scores(self, x: np.ndarray) -> np.ndarray:
+        """One score per token from feature vectors [rows, N, n_features] (training's
+        simulator calls this too)."""
         return aggregate(self.scorer.score(x), self.scorer.aggregation)

@@ -17,25 +17,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-N_FEATURES = 25
+from edge_namm.features.vector import STD_FLOOR, FeatureConfig, normalise
+
+_DEFAULT = FeatureConfig()
+N_FEATURES = _DEFAULT.n_features
 """Feature vector width: AGE_DIMS age-embedding dims followed by N_BINS spectrogram bins."""
-AGE_DIMS = 8
-N_BINS = 17
-STD_FLOOR = 1e-7
-"""z-score denominator floor, ``(x - mu) / max(sigma, STD_FLOOR)`` as in the reference."""
+AGE_DIMS = _DEFAULT.age_dims
+N_BINS = _DEFAULT.n_bins
 
 AGGREGATIONS = ("mean", "max", "min")
 """How per-(layer, head) scores become one score per cell (see `aggregate`)."""
 
-DEFAULT_FEATURE_CONFIG: dict[str, Any] = {
-    "n_fft": 32,
-    "hop": 16,
-    "ema_decay": 0.99,
-    "age_dims": 8,
-    "age_base": 50000.0,
-    "repeat": False,
-}
-"""Feature-extraction settings a scorer was trained with (mirrors features.FeatureConfig)."""
+DEFAULT_FEATURE_CONFIG: dict[str, Any] = _DEFAULT.to_dict()
+"""Feature-extraction settings a scorer was trained with (``features.FeatureConfig``)."""
 
 
 class ScorerFileError(ValueError):
@@ -45,7 +39,7 @@ class ScorerFileError(ValueError):
 def feature_config_dict(config: Any) -> dict[str, Any]:
     """Return a plain dict for a feature config given as a dict or an object with ``to_dict()``.
 
-    Keeps this package independent of ``edge_namm.features`` while accepting its FeatureConfig.
+    Accepts a ``features.FeatureConfig`` or anything else with ``to_dict()``.
     """
     if config is None:
         return dict(DEFAULT_FEATURE_CONFIG)
@@ -185,8 +179,7 @@ class Scorer(abc.ABC):
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Apply the frozen z-score to spectrogram dims 8..24 (age dims unchanged)."""
-        shift, div = self.norm_vectors()
-        return (x - shift) / div
+        return normalise(x, self.norm_mean, self.norm_std)
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, x: np.ndarray) -> np.ndarray:

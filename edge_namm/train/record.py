@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_namm.eval.decoding import answer_tokens
-from edge_namm.features import FeatureConfig, NormStats, age_embedding
-from edge_namm.policies.selection import select_evictions
+from edge_namm.features import FeatureConfig, NormStats, normalise, raw_features
 
 N_SINK_CAP = 4  # the first tokens soak up attention (attention sinks): cap their importance
 
@@ -213,10 +212,8 @@ def norm_stats_of(recs: Sequence[Recording]) -> NormStats:
 
 def prepare_z(recs: Sequence[Recording], norm_mean: np.ndarray, norm_std: np.ndarray) -> None:
     """Normalise the recorded spectrograms once with the scorer's frozen statistics."""
-    mean = np.asarray(norm_mean, np.float32)
-    std = np.maximum(np.asarray(norm_std, np.float32), np.float32(1e-7))
     for r in recs:
-        r.z = [((s.astype(np.float32) - mean) / std).astype(np.float32) for s in r.spec]
+        r.z = [normalise(s, norm_mean, norm_std) for s in r.spec]
 
 
 def on_normalized(scorer, backend: str = "numpy"):
@@ -248,20 +245,18 @@ def simulate(
     ``scorer.score`` must take normalised features (see :func:`on_normalized`) and ``rec.z``
     must be prepared with the candidate's normalisation (``prepare_z``).
     """
-    from edge_namm.scorers import aggregate
+    from edge_namm.policies import NammPolicy
 
     config = config or FeatureConfig()
+    policy = NammPolicy(scorer=scorer)  # the engine's scoring and selection rules
     if budget_cells >= rec.n_total:
         return 1.0, 1.0
     kept = np.empty(0, dtype=np.int64)
     prev = 0
     for t, z in zip(rec.update_times, rec.z, strict=True):
         cand = np.concatenate([kept, np.arange(prev, t, dtype=np.int64)])
-        x = np.empty((z.shape[0], len(cand), config.n_features), dtype=np.float32)
-        x[..., : config.age_dims] = age_embedding((t - 1) - cand, config)
-        x[..., config.age_dims :] = z[:, cand]
-        scores = aggregate(scorer.score(x), scorer.aggregation)
-        evict = select_evictions(scores, budget_cells, evict_negative=True)
+        x = raw_features(z[:, cand], (t - 1) - cand, config)  # z: already normalised
+        evict = policy.evictions(policy.token_scores(x), budget_cells)
         kept = np.delete(cand, evict)
         prev = t
     ctx = rec.n_context

@@ -1,0 +1,176 @@
+"""The NAMM feature vector and its normalisation (numpy only: no Numba, no llama.cpp).
+
+One definition shared by the engine (``policies/namm.py``), the scorers (their frozen z-score)
+and training (recordings and the offline simulator): ``[age embedding (age_dims), EMA
+spectrogram (n_bins)]`` per (layer, KV head) row and token (docs/DESIGN.md §1.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+#: Floor on the standard deviation in :func:`normalise`, as in the reference.
+STD_FLOOR = 1e-7
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Feature constants; scorer files carry them (``to_dict``/``from_dict``)."""
+
+    n_fft: int = 32
+    hop: int = 16
+    ema_decay: float = 0.99
+    age_dims: int = 8
+    age_base: float = 50000.0
+    #: Also fold the attention of a context-repeat pass into the stream at every update (KVzip's
+    #: reconstruction signal, which makes tokens visible that later text never looks at).
+    repeat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_fft < 8 or self.n_fft % 4 != 0:
+            raise ValueError(f"n_fft must be a multiple of 4 and >= 8, got {self.n_fft}")
+        if not 1 <= self.hop <= self.n_fft:
+            raise ValueError(f"hop must be in [1, n_fft], got {self.hop}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.age_dims < 0 or self.age_dims % 2 != 0:
+            raise ValueError(f"age_dims must be even and >= 0, got {self.age_dims}")
+        if self.age_base <= 0.0:
+            raise ValueError(f"age_base must be > 0, got {self.age_base}")
+        if not isinstance(self.repeat, bool):
+            raise ValueError(f"repeat must be true or false, got {self.repeat!r}")
+
+    @property
+    def n_bins(self) -> int:
+        """One-sided STFT bins: ``n_fft // 2 + 1`` (17)."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def n_features(self) -> int:
+        """Feature vector length: ``age_dims + n_bins`` (25)."""
+        return self.age_dims + self.n_bins
+
+    @property
+    def frame_decay(self) -> float:
+        """EMA factor per STFT frame, ``ema_decay ** hop`` (the paper's ``a``)."""
+        return float(self.ema_decay) ** self.hop
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown FeatureConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def age_embedding(ages: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Sinusoidal age embedding, ``[...]`` -> float32 ``[..., age_dims]``.
+
+    ``[sin(age * w_k) for k < d/2] + [cos(age * w_k) for k < d/2]``, ``w_k = base ** (-k / (d/2))``
+    with ``age = newest_position - token_position``. Computed in float64 (ages reach 1e4+).
+    """
+    half = config.age_dims // 2
+    w = config.age_base ** (-np.arange(half, dtype=np.float64) / max(half, 1))
+    ang = np.asarray(ages, dtype=np.float64)[..., None] * w
+    return np.concatenate([np.sin(ang), np.cos(ang)], axis=-1).astype(np.float32)
+
+
+def raw_features(
+    spectrogram_rows: np.ndarray, ages: np.ndarray, config: FeatureConfig = FeatureConfig()
+) -> np.ndarray:
+    """``[age(age_dims), spectrogram(n_bins)]`` per token, float32 ``[R, N, n_features]``.
+
+    ``spectrogram_rows`` is ``[R, N, n_bins]`` (any leading dims), ``ages`` ``[N]`` (or anything
+    broadcastable to ``spectrogram_rows.shape[:-1]``). Not normalised: the frozen normalisation
+    belongs to the scorer (:func:`normalise`).
+    """
+    spec = np.asarray(spectrogram_rows)
+    if spec.shape[-1] != config.n_bins:
+        raise ValueError(f"last dim must be {config.n_bins}, got {spec.shape}")
+    out = np.empty(spec.shape[:-1] + (config.n_features,), dtype=np.float32)
+    out[..., : config.age_dims] = age_embedding(ages, config)
+    out[..., config.age_dims :] = spec
+    return out
+
+
+def normalise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per-bin z-score of the trailing ``len(mean)`` dims, ``(x - mu) / max(sigma, 1e-7)``.
+
+    One shared set of statistics for all layers and heads; the leading (age) dims are copied
+    unchanged. Returns a new float32 array.
+    """
+    mean = np.asarray(mean, dtype=np.float32).ravel()
+    std = np.asarray(std, dtype=np.float32).ravel()
+    if mean.shape != std.shape:
+        raise ValueError(f"mean {mean.shape} and std {std.shape} differ")
+    out = np.array(features, dtype=np.float32, copy=True)
+    start = out.shape[-1] - mean.shape[0]
+    if start < 0:
+        raise ValueError(f"features have {out.shape[-1]} dims < {mean.shape[0]} statistics")
+    out[..., start:] -= mean
+    out[..., start:] /= np.maximum(std, np.float32(STD_FLOOR))
+    return out
+
+
+class NormStats:
+    """Running per-bin mean/variance over many spectrogram vectors (float64, Chan/Welford merge).
+
+    Feed it spectrograms of live cells from full-cache runs, then freeze ``mean``/``std`` into the
+    scorer. ``std`` is the population standard deviation (ddof 0).
+    """
+
+    def __init__(self, n_bins: int = 17) -> None:
+        self.n_bins = int(n_bins)
+        self.count = 0
+        self._mean = np.zeros(self.n_bins, dtype=np.float64)
+        self._m2 = np.zeros(self.n_bins, dtype=np.float64)
+
+    def update(self, spec_rows: np.ndarray) -> None:
+        """Add vectors ``[..., n_bins]`` (every leading index is one sample)."""
+        x = np.asarray(spec_rows, dtype=np.float64).reshape(-1, self.n_bins)
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean = x.mean(axis=0)
+        b_m2 = ((x - b_mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = b_mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + b_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean.copy()
+
+    @property
+    def var(self) -> np.ndarray:
+        return self._m2 / self.count if self.count else np.zeros(self.n_bins)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (plain lists)."""
+        return {
+            "n_bins": self.n_bins,
+            "count": int(self.count),
+            "mean": self._mean.tolist(),
+            "m2": self._m2.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NormStats:
+        s = cls(int(d["n_bins"]))
+        s.count = int(d["count"])
+        s._mean = np.asarray(d["mean"], dtype=np.float64).reshape(s.n_bins)
+        s._m2 = np.asarray(d["m2"], dtype=np.float64).reshape(s.n_bins)
+        return s
