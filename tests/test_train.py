@@ -10,8 +10,10 @@ from click.testing import CliRunner
 
 from edge_namm.scorers.default import MODELS_DIR
 from edge_namm.train import TrainConfig, TrainConfigError, Trainer
+from edge_namm.train.checkpoint import CHECKPOINT, load_checkpoint
+from edge_namm.train.outputs import LOG_FILE, SCORER_FILE
 from edge_namm.train.record import Recording, context_importance, offline_fitness, prepare_z
-from edge_namm.train.trainer import CHECKPOINT, LOG_FILE, SCORER_FILE, training_samples
+from edge_namm.train.trainer import training_samples
 
 PLACEHOLDER = MODELS_DIR / "placeholder-mlp-handset.json"
 
@@ -268,7 +270,7 @@ def test_checkpoint_restores_the_optimizer_exactly(tmp_path):
     opt.tell([(x, float(np.sum(x**2))) for x in sols])  # a non-isotropic covariance
     trainer.save_checkpoint()
     expected = [opt.ask() for _ in range(3)]
-    loaded = Trainer._load(tmp_path / "run" / CHECKPOINT)
+    loaded = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     np.testing.assert_array_equal([loaded.optimizer.ask() for _ in range(3)], expected)
 
     # a checkpoint of before held the optimizer as cmaes pickles it: still loads, with a warning
