@@ -180,8 +180,10 @@ def test_cold_dir_spills_to_memory_mapped_files(tiny_model, tmp_path):
     try:
         llm.eval(_tokens(llm, 300))
         assert llm.stats.cold_on_disk and llm.stats.cold_tokens > 0
+        llm.memory.cold.digests()
         files = list(tmp_path.rglob("*.bin"))
-        assert 1 <= len(files) <= 3  # K, V, scoring keys: not one file per token
+        # K, V, scoring keys and the two page digests: not one file per token
+        assert {f.name for f in files} == {"k.bin", "v.bin", "keys.bin", "pmin.bin", "pmax.bin"}
         assert sum(f.stat().st_size for f in files) >= llm.memory.cold.kv_bytes
     finally:
         llm.close()
@@ -323,14 +325,24 @@ def test_recalling_everything_makes_greedy_output_equal_to_full(model_path):
         ours.close()
 
 
-def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_model):
-    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True)
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_model, tmp_path, on_disk):
+    cold_dir = str(tmp_path) if on_disk else None
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_dir=cold_dir)
     try:
         llm.eval(_tokens(llm, 400))
         cold = llm.memory.cold
         cold.take(np.array([3, 17, 40]))
         lo, hi = cold.digests()
         keys = cold.keys().astype(np.float32)
+        for p in range(lo.shape[1]):
+            block = keys[:, p * PAGE : (p + 1) * PAGE]
+            np.testing.assert_array_equal(lo[:, p], block.min(axis=1))
+            np.testing.assert_array_equal(hi[:, p], block.max(axis=1))
+        llm.eval(_tokens(llm, 200))  # more adds after a digest pass: only new pages change
+        lo, hi = cold.digests()
+        keys = cold.keys().astype(np.float32)
+        assert lo.shape[1] == -(-len(cold) // PAGE)
         for p in range(lo.shape[1]):
             block = keys[:, p * PAGE : (p + 1) * PAGE]
             np.testing.assert_array_equal(lo[:, p], block.min(axis=1))

@@ -9,6 +9,7 @@ import click
 
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
+    memory_engine,
     model_options,
     resolve_model,
     scorer_option,
@@ -152,24 +153,23 @@ def chat(
     seed,
 ) -> None:
     """Chat with a model whose KV memory never exceeds --budget cells."""
-    from edge_namm.engine import NammLlama, SessionError
+    from edge_namm.engine import SessionError
 
     model_file = resolve_model(model)
     sampling = sampling_options(model_file, temp, top_k, top_p, min_p, repeat_penalty)
-    llm = NammLlama(
+    llm = memory_engine(
         model_file,
-        last_n_tokens_size=repeat_last_n,
         policy=policy,
         scorer=scorer,
         budget=budget,
         update_interval=update_interval,
-        reposition=reposition,
         recall=recall,
+        n_gpu_layers=n_gpu_layers,
+        threads=threads,
+        reposition=reposition,
         cold_budget=cold_budget,
         cold_dir=cold_dir,
-        chunk=min(128, update_interval),
-        n_gpu_layers=n_gpu_layers,
-        n_threads=threads,
+        last_n_tokens_size=repeat_last_n,
         seed=seed,
         progress=True,
     )

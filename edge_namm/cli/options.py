@@ -81,3 +81,35 @@ scorer_option = click.option(
     default=None,
     help="Scorer file for the namm policy (default: the shipped scorer).",
 )
+
+
+def memory_engine(
+    model_file: str,
+    *,
+    policy: str,
+    scorer: str | None,
+    budget: int,
+    update_interval: int,
+    recall: bool,
+    n_gpu_layers: int,
+    threads: int | None,
+    reposition: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """The NammLlama that `chat` and `serve` hold a conversation in: prefill in chunks of at
+    most 128 tokens, positions renumbered below the trained context unless told otherwise."""
+    from edge_namm.engine import NammLlama
+
+    return NammLlama(
+        model_file,
+        policy=policy,
+        scorer=scorer,
+        budget=budget,
+        update_interval=update_interval,
+        recall=recall,
+        reposition=reposition,
+        chunk=min(128, update_interval),
+        n_gpu_layers=n_gpu_layers,
+        n_threads=threads,
+        **kwargs,
+    )

@@ -9,6 +9,7 @@ import click
 
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
+    memory_engine,
     model_options,
     resolve_model,
     scorer_option,
@@ -65,21 +66,18 @@ def serve(
     import uvicorn
 
     from edge_namm.cli.chat import sampling_options
-    from edge_namm.engine import NammLlama
     from edge_namm.server.app import create_app
 
     model_file = resolve_model(model)
-    llm = NammLlama(
+    llm = memory_engine(
         model_file,
         policy=policy,
         scorer=scorer,
         budget=budget,
         update_interval=update_interval,
         recall=recall,
-        chunk=min(128, update_interval),
         n_gpu_layers=n_gpu_layers,
-        n_threads=threads,
-        reposition=True,
+        threads=threads,
     )
     s = sampling_options(model_file, None, None, None, None, None)
     defaults = {

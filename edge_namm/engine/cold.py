@@ -135,8 +135,9 @@ class ColdStore:
             self._folder = self._open_folder(Path(cold_dir))
         self._arrays = self._new_arrays(self._folder)
         self.n = 0
-        self._pmin = np.zeros((layout.n_layer, 0, layout.n_embd_k), dtype=np.float32)
-        self._pmax = np.zeros((layout.n_layer, 0, layout.n_embd_k), dtype=np.float32)
+        # page digests grow with the store too: with cold_dir they live on disk as well, so the
+        # resident memory of a long conversation stays flat
+        self._digests = self._new_digests(self._folder)
         self._dirty: set[int] = set()
         self.rot_pos = np.empty(0, dtype=np.int64)
         self.pos = np.empty(0, dtype=np.int64)
@@ -152,6 +153,10 @@ class ColdStore:
             "keys": (lay.n_embd_k, np.dtype(np.float16)),
         }
         return _Arrays(lay.n_layer, widths, folder)
+
+    def _new_digests(self, folder: Path | None) -> _Arrays:
+        width = (self.layout.n_embd_k, np.dtype(np.float32))
+        return _Arrays(self.layout.n_layer, {"pmin": width, "pmax": width}, folder)
 
     def _open_folder(self, cold_dir: Path) -> Path | None:
         """A private folder under cold_dir, or None (RAM) with a warning when it is unusable."""
@@ -198,13 +203,17 @@ class ColdStore:
         order, float32 [n_layer, n_pages, n_embd_k]; kept up to date lazily."""
         n_pages = -(-self.n // PAGE)
         lay = self.layout
-        if self._pmin.shape[1] < n_pages:
-            grow = max(n_pages, 2 * self._pmin.shape[1])
-            for name in ("_pmin", "_pmax"):
-                old = getattr(self, name)
-                new = np.zeros((lay.n_layer, grow, lay.n_embd_k), dtype=np.float32)
-                new[:, : old.shape[1]] = old
-                setattr(self, name, new)
+        dig = self._digests
+        if dig.capacity < n_pages:
+            used = dig.capacity
+            try:
+                dig.grow(n_pages, used)
+            except OSError:  # disk full or gone: digests in RAM, recomputed from the keys
+                self._digests = dig = self._new_digests(None)
+                dig.grow(n_pages, 0)
+                used = 0
+            self._dirty.update(range(used, n_pages))
+        pmin, pmax = dig.data["pmin"], dig.data["pmax"]
         dirty = sorted(p for p in self._dirty if p < n_pages)
         keys = self._arrays.data["keys"]
         # a run of whole pages at once, the rest (holes left by take, the last page) one by one
@@ -213,15 +222,21 @@ class ColdStore:
         for run in runs:
             a, b = int(run[0]), int(run[-1]) + 1
             block = keys[:, a * PAGE : b * PAGE].reshape(lay.n_layer, b - a, PAGE, -1)
-            self._pmin[:, a:b] = block.min(axis=2)
-            self._pmax[:, a:b] = block.max(axis=2)
+            pmin[:, a:b] = block.min(axis=2)
+            pmax[:, a:b] = block.max(axis=2)
         for p in set(dirty) - set(full):
             block = keys[:, p * PAGE : min((p + 1) * PAGE, self.n)]
-            self._pmin[:, p] = block.min(axis=1)
-            self._pmax[:, p] = block.max(axis=1)
+            pmin[:, p] = block.min(axis=1)
+            pmax[:, p] = block.max(axis=1)
         self._dirty.clear()
         self._arrays.release()
-        return self._pmin[:, :n_pages], self._pmax[:, :n_pages]
+        dig.release()
+        return pmin[:, :n_pages], pmax[:, :n_pages]
+
+    def release(self) -> None:
+        """Drop the pages a scoring pass read from this process (with cold_dir)."""
+        self._arrays.release()
+        self._digests.release()
 
     def _mark(self, start: int, end: int) -> None:
         """Entries [start, end) changed: their pages' digests are stale."""
@@ -350,5 +365,6 @@ class ColdStore:
 
     def close(self) -> None:
         self._arrays = self._new_arrays(None)
+        self._digests = self._new_digests(None)
         self._remove_folder()
         self.n = 0

@@ -260,6 +260,7 @@ class KVMemory:
             self.n_head_kv,
             digests=cold.digests() if len(cold) > EXACT_LIMIT else None,
         )
+        cold.release()
         protected = np.zeros(view.n, dtype=bool)
         protected[: self.policy.n_sink] = True
         protected[max(view.n - max(self.policy.n_recent, n_protect_recent, 1), 0) :] = True

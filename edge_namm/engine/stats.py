@@ -24,7 +24,9 @@ class MemoryStats:
     tokens_recalled: int = 0  # cold tokens brought back into the hot cache
     tokens_forgotten: int = 0  # cold tokens dropped for good (cold_budget)
     recalls: int = 0
-    seconds_recall: float = 0.0  # scoring, swapping and re-decoding the window
+    # wall time of recalls: a breakdown, not a third bucket; its scoring and swaps are also in
+    # seconds_namm and its window re-decode in seconds_llama
+    seconds_recall: float = 0.0
 
     @property
     def kv_bytes_in_use(self) -> int:
