@@ -221,11 +221,13 @@ class ColdStore:
         runs = np.split(np.asarray(full), np.flatnonzero(np.diff(full) != 1) + 1) if full else []
         for run in runs:
             a, b = int(run[0]), int(run[-1]) + 1
+            # numpy reduces float16 element by element in software: ~8x faster in float32
             block = keys[:, a * PAGE : b * PAGE].reshape(lay.n_layer, b - a, PAGE, -1)
+            block = block.astype(np.float32)
             pmin[:, a:b] = block.min(axis=2)
             pmax[:, a:b] = block.max(axis=2)
         for p in set(dirty) - set(full):
-            block = keys[:, p * PAGE : min((p + 1) * PAGE, self.n)]
+            block = keys[:, p * PAGE : min((p + 1) * PAGE, self.n)].astype(np.float32)
             pmin[:, p] = block.min(axis=1)
             pmax[:, p] = block.max(axis=1)
         self._dirty.clear()
