@@ -10,10 +10,9 @@ import click
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
     memory_engine,
+    memory_options,
     model_options,
     resolve_model,
-    scorer_option,
-    update_interval_option,
 )
 
 HELP = """commands:
@@ -68,24 +67,7 @@ def render_memory(llm, width: int = 2000) -> str:
 
 @click.command()
 @model_options
-@click.option("--policy", default="namm", show_default=True, help="Eviction policy.")
-@scorer_option
-@click.option(
-    "--budget",
-    type=int,
-    default=1024,
-    show_default=True,
-    help="KV cells kept after each memory update.",
-)
-@update_interval_option()
-@click.option(
-    "--recall/--no-recall",
-    default=False,
-    show_default=True,
-    help="Keep evicted tokens in a cold store and bring back the ones each new message "
-    "attends to (docs/DESIGN.md). Off by default for now: with re-positioning (the default) "
-    "a long chat past the first renumbering can stop on a llama_decode error.",
-)
+@memory_options(recall=False)
 @click.option(
     "--cold-budget",
     type=click.IntRange(min=0),

@@ -83,6 +83,40 @@ scorer_option = click.option(
 )
 
 
+def memory_options(recall: bool = True) -> Callable[[Callable[..., Any]], Any]:
+    """--policy, --scorer, --budget, --update-interval, --recall/--no-recall: the KV memory that
+    `chat` and `serve` hold a conversation in (arguments for `memory_engine`)."""
+    recall_help = (
+        "Keep evicted tokens in a cold store and bring back the ones each new message attends "
+        "to (docs/DESIGN.md §6)."
+    )
+    if not recall:
+        recall_help += (
+            " Off by default for now: with re-positioning (the default) a long chat past the "
+            "first renumbering can stop on a llama_decode error."
+        )
+    options = [
+        click.option("--policy", default="namm", show_default=True, help="Eviction policy."),
+        scorer_option,
+        click.option(
+            "--budget",
+            type=int,
+            default=1024,
+            show_default=True,
+            help="KV cells a conversation keeps after each memory update.",
+        ),
+        update_interval_option(),
+        click.option("--recall/--no-recall", default=recall, show_default=True, help=recall_help),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def memory_engine(
     model_file: str,
     *,

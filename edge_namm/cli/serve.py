@@ -10,10 +10,9 @@ import click
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
     memory_engine,
+    memory_options,
     model_options,
     resolve_model,
-    scorer_option,
-    update_interval_option,
 )
 
 
@@ -22,15 +21,7 @@ from edge_namm.cli.options import (
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on /v1.")
-@click.option("--policy", default="namm", show_default=True, help="Eviction policy.")
-@scorer_option
-@click.option(
-    "--budget", type=int, default=1024, show_default=True, help="KV cells per conversation."
-)
-@update_interval_option()
-@click.option(
-    "--recall/--no-recall", default=True, show_default=True, help="Cold tier with recall."
-)
+@memory_options(recall=True)
 @click.option(
     "--max-sessions",
     type=click.IntRange(min=1),

@@ -10,19 +10,11 @@ facts are told; the question asks for one, so the others are distractors.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from functools import partial
 
 from edge_namm.tasks.haystack import Haystack
 from edge_namm.tasks.sample import CountTokens, Sample
-from edge_namm.tasks.synthetic import (
-    _depths_for,
-    _draw,
-    _key,
-    _make,
-    _number,
-    derive_rng,
-)
+from edge_namm.tasks.synthetic import _key, _number
+from edge_namm.tasks.synthetic.base import Job, synthetic_task
 
 N_FACTS = 3
 USER_TURN_TOKENS = 140  # filler a user turn pastes
@@ -40,44 +32,32 @@ def _plain(messages: list[dict]) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def conversation(
-    n_samples: int,
-    length: int,
-    seed: int,
-    haystack: Haystack,
-    count_tokens: CountTokens,
-    depths: Sequence[float] | None = None,
-    *,
-    split: str = "eval",
-) -> list[Sample]:
+@synthetic_task("conversation")
+def conversation(job: Job, i: int, d: float | None) -> Sample:
     """Facts in the first turns (``depth`` places the asked one among the first 40% of the
     conversation), unrelated chat up to ``length`` tokens, then the question."""
-    rng = derive_rng("conversation", length, seed, split)
-    make = partial(_make, "conversation", split, length, seed)
-    out = []
-    for i, d in enumerate(_depths_for(n_samples, depths)):
-        depth = rng.random() if d is None else d
-        used: set[str] = set()
-        keys = [_draw(rng, _key, split, used) for _ in range(N_FACTS)]
-        values = [_draw(rng, _number(6), split, used) for _ in range(N_FACTS)]
-        asked = rng.randrange(N_FACTS)
-        question = f"What is the code for my {keys[asked]}? Answer with the number only."
-        messages = _chat(haystack, count_tokens, rng, split, length, question, keys, values, depth)
-        out.append(
-            make(
-                i,
-                depth,
-                context=_plain(messages),
-                question=question,
-                answer_prefix=f"The code for your {keys[asked]} is",
-                answers=[values[asked]],
-                metric="exact_contains",
-                needles=[_fact(keys[asked], values[asked])],
-                messages=messages,
-                key=keys[asked],
-            )
-        )
-    return out
+    rng = job.rng
+    depth = rng.random() if d is None else d
+    used: set[str] = set()
+    keys = [job.draw(_key, used) for _ in range(N_FACTS)]
+    values = [job.draw(_number(6), used) for _ in range(N_FACTS)]
+    asked = rng.randrange(N_FACTS)
+    question = f"What is the code for my {keys[asked]}? Answer with the number only."
+    messages = _chat(
+        job.haystack, job.count_tokens, rng, job.split, job.length, question, keys, values, depth
+    )
+    return job.sample(
+        i,
+        depth,
+        context=_plain(messages),
+        question=question,
+        answer_prefix=f"The code for your {keys[asked]} is",
+        answers=[values[asked]],
+        metric="exact_contains",
+        needles=[_fact(keys[asked], values[asked])],
+        messages=messages,
+        key=keys[asked],
+    )
 
 
 def _chat(
