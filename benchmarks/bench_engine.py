@@ -1,13 +1,14 @@
 """End-to-end speed and memory: plain llama-cpp-python vs NammLlama (`full`, `namm`).
 
     python benchmarks/bench_engine.py [--lengths 4096,8192] [--budget-fraction 0.25] [--repeats 3]
-        [--scorers models/a.json,models/b.json]
+        [--scorers models/a.json,models/b.json] [--policies kvzip,streaming]
 
 Each configuration runs in its own subprocess so that its peak RSS is its own. With
 --repeats N the configurations run in N interleaved rounds (plain, full, namm, plain, ...) so
 that slow drifts of the machine hit all of them alike; every column is the median over the
 rounds and "vs plain" is the median of the per-round ratios. ``--scorers`` adds a `namm` row per
-scorer file (the plain `namm` row uses the default scorer). Reported:
+scorer file (the plain `namm` row uses the default scorer); ``--policies`` adds a row per other
+evicting policy under the same budget (`kvzip`'s repeat pass shows here). Reported:
 prefill and decode tokens/s, peak RSS, and NammLlama's split between llama_decode and NAMM
 work (fold + scoring + eviction). "plain" is llama_cpp.Llama with n_ctx sized to the input
 (input + decode tokens), i.e. a full cache.
@@ -50,7 +51,7 @@ def child(cfg: dict) -> dict:
     else:
         llm = NammLlama(
             cfg["model"],
-            policy="namm" if cfg["kind"].startswith("namm") else cfg["kind"],
+            policy=cfg.get("policy") or ("namm" if cfg["kind"].startswith("namm") else "full"),
             scorer=cfg.get("scorer"),
             budget=cfg["budget"],
             chunk=cfg["chunk"],
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (medians)")
     ap.add_argument("--scorers", default="", help="comma list of scorer files: one row each")
+    ap.add_argument("--policies", default="", help="comma list of other evicting policies")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -113,7 +115,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     scorers = {f"namm:{Path(f).stem}": f for f in args.scorers.split(",") if f}
-    kinds = ("plain", "full", "namm", *scorers)
+    others = {f"policy:{p}": p for p in args.policies.split(",") if p}
+    kinds = ("plain", "full", "namm", *scorers, *others)
     for length in [int(x) for x in args.lengths.split(",")]:
         budget = args.budget or int(length * args.budget_fraction)
         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
@@ -127,8 +130,11 @@ def main() -> None:
                     chunk=args.chunk,
                     interval=args.interval,
                     threads=args.threads,
-                    budget=budget if kind.startswith("namm") else length + args.decode + args.chunk,
+                    budget=budget
+                    if kind.startswith(("namm", "policy:"))
+                    else length + args.decode + args.chunk,
                     scorer=default_scorer if kind == "namm" else scorers.get(kind),
+                    policy=others.get(kind),
                 )
                 res = subprocess.run(
                     [sys.executable, __file__, "--child", json.dumps(cfg)],
@@ -150,7 +156,8 @@ def main() -> None:
             if "seconds_namm" in rs[0]:
                 shares = [r["seconds_namm"] / (r["seconds_namm"] + r["seconds_llama"]) for r in rs]
                 share = f"{statistics.median(shares):.1%}"
-            label = f"{kind} (budget {budget})" if kind.startswith("namm") else kind
+            evicting = kind.startswith(("namm", "policy:"))
+            label = f"{kind} (budget {budget})" if evicting else kind
             print(
                 f"| {length} | {label} | {rs[0]['cells']} | {med('prefill_tok_s'):.1f} "
                 f"| {med('decode_tok_s'):.1f} | {med('total_s'):.1f} | {ratio:.2f}x "
