@@ -9,7 +9,8 @@ size. `--via chat` types the same turns into `edge-namm chat` through a pseudo-t
 reads its status line. Pass rules, checked at the end and written to the summary:
 never above budget after an update; RSS after warm-up (the first 10% of turns) within 5% of its
 median; time per new token flat (median of the last quarter within 25% of the second quarter's);
-no decode error. The cold store is spilled to a temporary cold_dir so RSS measures the hot side.
+no decode error; through the API, no token lost (every token of the conversation is in the hot
+cache or the cold store after every turn). The cold store is spilled to a temporary cold_dir so RSS measures the hot side.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def _turns(n: int):
         para = " ".join(sents[i : i + 6])
         i = (i + 6) % (len(sents) - 6)
         yield f"{para}\n\nTurn {t}: what is the main point of this passage, in one sentence?"
+
+
+def _lost(llm) -> int:
+    """Tokens of the conversation that are neither in the hot cache nor in the cold store
+    (none may be: without cold_budget an evicted token is kept)."""
+    hot = set(llm.kept_positions().tolist())
+    cold = set(llm.memory.cold.logical.tolist()) if llm.memory.cold is not None else set()
+    return llm.n_tokens - len(hot | cold)
 
 
 def soak_api(args) -> list[dict]:
@@ -79,6 +88,8 @@ def soak_api(args) -> list[dict]:
                 cold_tokens=st.cold_tokens,
                 cold_mib=st.cold_bytes / 2**20,
                 recalled=st.tokens_recalled,
+                renumberings=st.renumberings,
+                lost=_lost(llm),
             )
         )
         if t % 10 == 0:
@@ -172,7 +183,7 @@ def verdict(rows: list[dict], budget: int) -> dict:
     q2 = statistics.median(r["s_per_token"] for r in rows[n // 4 : n // 2] or rows)
     q4 = statistics.median(r["s_per_token"] for r in rows[3 * n // 4 :] or rows)
     over = [r for r in rows if r.get("max_after_update", 0) > budget]
-    return dict(
+    out = dict(
         turns=n,
         tokens=rows[-1]["tokens"],
         never_above_budget=not over,
@@ -182,6 +193,9 @@ def verdict(rows: list[dict], budget: int) -> dict:
         s_per_token_q4=q4,
         time_flat=q4 <= 1.25 * q2,
     )
+    if "lost" in rows[0]:
+        out["no_token_lost"] = all(r["lost"] == 0 for r in rows)
+    return out
 
 
 def main() -> None:

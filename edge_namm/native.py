@@ -12,7 +12,7 @@ from functools import cache
 
 import numpy as np
 
-API_VERSION = 3
+API_VERSION = 4
 
 _BUILD_HINT = (
     "edge-namm needs llama-cpp-python built with its native patch: run ./build.sh from the "
@@ -57,6 +57,10 @@ def _load() -> ctypes.CDLL:
             c.c_int32,
         ),
         "edge_namm_remove_positions": (
+            [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
+            c.c_int32,
+        ),
+        "edge_namm_remove_cells": (
             [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
             c.c_int32,
         ),
@@ -160,6 +164,20 @@ def remove_positions(ctx: int, positions: np.ndarray, seq_id: int = 0) -> int:
     n = require().edge_namm_remove_positions(ctx, seq_id, ptr, len(arr))
     if n == -2:
         raise NewestPositionError("refusing to remove the newest position of the sequence")
+    if n < 0:
+        check_supported(ctx)
+    return n
+
+
+def remove_cells(ctx: int, cells: np.ndarray, seq_id: int = 0) -> int:
+    """Remove the sequence from these cells (not from other cells at the same positions);
+    returns the cells freed."""
+    arr, ptr = _int32_array(cells)
+    n = require().edge_namm_remove_cells(ctx, seq_id, ptr, len(arr))
+    if n == -2:
+        raise NewestPositionError("refusing to remove the newest position of the sequence")
+    if n == -3:
+        raise ValueError("a cell to remove is out of range, empty or not in the sequence")
     if n < 0:
         check_supported(ctx)
     return n

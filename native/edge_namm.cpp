@@ -344,6 +344,58 @@ extern "C" int32_t edge_namm_remove_positions(llama_context * ctx, llama_seq_id 
     return (int32_t) (used_before - kv->get_cells(seq_id).get_used());
 }
 
+extern "C" int32_t edge_namm_remove_cells(llama_context * ctx, llama_seq_id seq_id, const int32_t * idx, int32_t n) {
+    if (edge_namm_unsupported_reason(ctx) != nullptr || n < 0) {
+        return -1;
+    }
+    llama_kv_cache * kv = managed_kv_cache(ctx);
+    llama_kv_cells & cells = kv->get_cells_mut(seq_id);
+    const int64_t size = kv->get_size();
+    const llama_pos newest = cells.seq_pos_max(seq_id);
+    for (int32_t i = 0; i < n; ++i) {
+        if (idx[i] < 0 || idx[i] >= size || cells.is_empty((uint32_t) idx[i]) ||
+            !cells.seq_has((uint32_t) idx[i], seq_id)) {
+            return -3;
+        }
+        if (cells.pos_get((uint32_t) idx[i]) == newest) {
+            return -2;
+        }
+    }
+    std::vector<llama_pos> gone;
+    int32_t freed = 0;
+    for (int32_t i = 0; i < n; ++i) {
+        const uint32_t c = (uint32_t) idx[i];
+        if (cells.is_empty(c)) {
+            continue;  // listed twice
+        }
+        gone.push_back(cells.pos_get(c));
+        if (cells.seq_rm(c, seq_id)) {
+            ++freed;
+        }
+    }
+    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(llama_get_memory(ctx))) {
+        // the window cache holds recent tokens only, never a recalled one: a position goes from
+        // it when no managed cell holds that position any more
+        std::sort(gone.begin(), gone.end());
+        gone.erase(std::unique(gone.begin(), gone.end()), gone.end());
+        std::vector<bool> held(gone.size(), false);
+        for (int64_t c = 0; c < size; ++c) {
+            if (!cells.is_empty((uint32_t) c) && cells.seq_has((uint32_t) c, seq_id)) {
+                auto it = std::lower_bound(gone.begin(), gone.end(), cells.pos_get((uint32_t) c));
+                if (it != gone.end() && *it == cells.pos_get((uint32_t) c)) {
+                    held[it - gone.begin()] = true;
+                }
+            }
+        }
+        for (size_t g = 0; g < gone.size(); ++g) {
+            if (!held[g]) {
+                iswa->get_swa()->seq_rm(seq_id, gone[g], gone[g] + 1);
+            }
+        }
+    }
+    return freed;
+}
+
 extern "C" int32_t edge_namm_read_keys(llama_context * ctx, int32_t il, float * out, int64_t n) {
     if (edge_namm_unsupported_reason(ctx) != nullptr || il < 0 ||
         il >= llama_model_n_layer(llama_get_model(ctx)) || !layer_is_managed(ctx, il)) {

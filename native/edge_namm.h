@@ -9,7 +9,7 @@ extern "C" {
 #endif
 
 // Bumped whenever this API changes; Python refuses a library with another value.
-#define EDGE_NAMM_API_VERSION 3
+#define EDGE_NAMM_API_VERSION 4
 
 typedef struct edge_namm_capture edge_namm_capture;
 
@@ -49,6 +49,14 @@ LLAMA_API int32_t edge_namm_cell_positions(struct llama_context * ctx, llama_seq
 // -2 if the newest position of the sequence is among them (nothing is removed then), -1 if the
 // cache is unsupported.
 LLAMA_API int32_t edge_namm_remove_positions(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * pos, int32_t n);
+
+// Removes seq_id from the given cells of the managed cache, leaving any other cell that holds the
+// same position alone (a recalled token can share its position with a survivor after
+// re-positioning). On an iSWA model a position also goes from the window cache once no managed
+// cell holds it any more. Returns how many cells were freed, -2 if a cell holds the newest
+// position of the sequence (nothing is removed then), -3 for a cell out of range or without
+// seq_id, -1 if the cache is unsupported.
+LLAMA_API int32_t edge_namm_remove_cells(struct llama_context * ctx, llama_seq_id seq_id, const int32_t * cells, int32_t n);
 
 // Copies layer il's keys as float32 [n_cells][n_embd_k_gqa] into out (n floats available).
 // Returns n_embd_k_gqa, or -1 (unsupported cache / bad or unmanaged layer / buffer too small).

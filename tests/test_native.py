@@ -227,6 +227,29 @@ def test_removing_newest_position_is_refused(llm):
     np.testing.assert_array_equal(native.cell_positions(ctx), before)
 
 
+def test_remove_cells_takes_only_those_cells(llm):
+    """Two cells at one position (a recalled token beside a survivor): removing one cell
+    leaves the other; the newest position and empty or foreign cells are refused."""
+    ctx = llm._ctx.ctx
+    llm.reset()
+    llm.eval(llm.tokenize(b"one two three four five six seven eight nine ten"))
+    pos = native.cell_positions(ctx)
+    layout = native.cell_layout(ctx)
+    k, v = native.export_cells(ctx, np.array([2]), layout)
+    (twin,) = native.import_cells(ctx, np.array([int(pos[2])]), k, v)
+    assert native.cell_positions(ctx)[twin] == pos[2]
+    assert native.remove_cells(ctx, np.array([2])) == 1
+    after = native.cell_positions(ctx)
+    assert after[2] == -1 and after[twin] == pos[2]  # the twin at the same position stays
+    newest = int(np.argmax(after))
+    before = after.copy()
+    with pytest.raises(native.NewestPositionError):
+        native.remove_cells(ctx, np.array([twin, newest]))
+    with pytest.raises(ValueError, match="out of range, empty"):
+        native.remove_cells(ctx, np.array([2]))  # already empty
+    np.testing.assert_array_equal(native.cell_positions(ctx), before)
+
+
 def eval_with_periodic_removal(llm, tokens: list[int], chunk: int = 128, n_sink: int = 4) -> int:
     """Feed ``tokens`` in chunks into a context smaller than them, removing the oldest
     positions after the first ``n_sink`` whenever the next chunk would not fit; returns the

@@ -245,6 +245,39 @@ def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_model):
         llm.close()
 
 
+@pytest.mark.parametrize("policy", ["streaming", "tova"])
+def test_no_token_is_lost_across_renumberings_and_recalls(tiny_model, policy):
+    """Every token of the conversation stays hot or cold through many recalls and
+    renumberings. A recalled token can share its position with a survivor after a
+    renumbering; evicting one of them must not take the other (eviction is by cell)."""
+    llm = _engine(
+        tiny_model,
+        policy=policy,
+        budget=96,
+        recall=True,
+        reposition=True,
+        reposition_limit=96 + 2 * 32,
+    )
+    try:
+        tokens = _tokens(llm, 1400)
+        at = 0
+        for turn in range(14):
+            prompt, reply = tokens[at : at + 60], tokens[at + 60 : at + 100]
+            llm.eval(prompt)  # a prompt: recall runs after it
+            for t in reply:  # then one token at a time, as generation decodes
+                llm.eval([t])
+            at += 100
+            hot = set(llm.kept_positions().tolist())
+            cold = set(llm.memory.cold.logical.tolist())
+            assert not hot & cold, f"turn {turn}: a token is both hot and cold"
+            assert hot | cold == set(range(llm.n_tokens)), f"turn {turn}: tokens went missing"
+            sinks = set(range(llm.policy.n_sink))
+            assert sinks <= hot, f"turn {turn}: an attention sink was evicted"
+        assert llm.stats.tokens_recalled > 0 and llm.stats.renumberings > 1
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

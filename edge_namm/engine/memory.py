@@ -187,7 +187,8 @@ class KVMemory:
                 )
             )
             self._sync_cold_stats()
-        native.remove_positions(self.ctx, view.positions[evict])
+        # by cell: after re-positioning a recalled token can share its position with another
+        native.remove_cells(self.ctx, cells)
         self.features.reset_cells(cells)
         if self.repeat_scores is not None:
             self.repeat_scores[cells] = 0.0

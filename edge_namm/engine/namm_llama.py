@@ -559,6 +559,7 @@ class NammLlama(llama_cpp.Llama):
         self._positions.exact_from = self.n_tokens
         self._memory.positions_moved()
         self._memory.cold_positions_renumbered(self._memory.kept_logical())
+        self._memory.stats.renumberings += 1
 
     def _store_tokens(self, batch: list[int]) -> None:
         """Append to input_ids, growing it: the logical history outlives the physical cache."""

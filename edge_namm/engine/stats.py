@@ -15,6 +15,7 @@ class MemoryStats:
     tokens_seen: int = 0
     tokens_evicted: int = 0
     updates: int = 0
+    renumberings: int = 0  # re-positioning passes (reposition=True)
     seconds_llama: float = 0.0  # inside llama_decode
     seconds_namm: float = 0.0  # folding attention, scoring, evicting
     # cold tier (recall=True)
