@@ -10,7 +10,8 @@ reads its status line. Pass rules, checked at the end and written to the summary
 never above budget after an update; RSS after warm-up (the first 10% of turns) within 5% of its
 median; time per new token flat (median of the last quarter within 25% of the second quarter's);
 no decode error; through the API, no token lost (every token of the conversation is in the hot
-cache or the cold store after every turn). The cold store is spilled to a temporary cold_dir so RSS measures the hot side.
+cache or the cold store after every turn). The cold store is spilled to a temporary cold_dir so
+RSS measures the hot side.
 """
 
 from __future__ import annotations
