@@ -68,7 +68,7 @@ def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_pa
     assert chat.exitstatus == 0
     from edge_namm import NammLlama
 
-    llm = NammLlama(model_path, budget=256, update_interval=128)
+    llm = NammLlama(model_path, budget=256, update_interval=128, recall=True)
     try:  # the session continues in a new process with the conversation and its memory
         messages = llm.load_session(tmp_path / "transcript.session")["messages"]
         assert "dragon" in messages[3]["content"] and llm.n_tokens > 0

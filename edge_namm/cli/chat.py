@@ -67,7 +67,7 @@ def render_memory(llm, width: int = 2000) -> str:
 
 @click.command()
 @model_options
-@memory_options(recall=False)
+@memory_options(recall=True)
 @click.option(
     "--cold-budget",
     type=click.IntRange(min=0),

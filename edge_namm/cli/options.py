@@ -90,11 +90,6 @@ def memory_options(recall: bool = True) -> Callable[[Callable[..., Any]], Any]:
         "Keep evicted tokens in a cold store and bring back the ones each new message attends "
         "to (docs/DESIGN.md §6)."
     )
-    if not recall:
-        recall_help += (
-            " Off by default for now: with re-positioning (the default) a long chat past the "
-            "first renumbering can stop on a llama_decode error."
-        )
     options = [
         click.option("--policy", default="namm", show_default=True, help="Eviction policy."),
         scorer_option,
