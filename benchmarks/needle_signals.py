@@ -110,15 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         llm.close()
 
-    cols = [*POLICIES, QUERY]
     print(f"machine: {machine()}; {len(rows)} prompts of ~{args.length} tokens; needle AUC")
     print()
-    print("| prompt | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for r in rows:
-        print(f"| {r['prompt']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |")
-    medians = [f"{np.median([r[c] for r in rows]):.2f}" for c in cols]
-    print("| **median** | " + " | ".join(medians) + " |")
+    table(rows, [*POLICIES, QUERY], lambda r: r, "median", np.median)
 
     # leave one prompt out: the combination is fitted on the other prompts
     for i, r in enumerate(rows):
@@ -128,16 +122,20 @@ def main(argv: list[str] | None = None) -> None:
         x, _, a, e = r["xy"]
         combined = np.r_[np.full(SINKS, -np.inf), x @ w[:-1]]
         r["top"]["combination"] = top_quarter(combined, a, e)
-    cols2 = [*POLICIES, "combination", QUERY]
     print()
     print("Share of needle tokens in the top 25% of the context (what a 25% budget keeps):")
     print()
-    print("| prompt | " + " | ".join(cols2) + " |")
-    print("|---|" + "---:|" * len(cols2))
+    table(rows, [*POLICIES, "combination", QUERY], lambda r: r["top"], "mean", np.mean)
+
+
+def table(rows: list[dict], cols: list[str], values, summary: str, reduce) -> None:
+    """A Markdown table, a row per prompt and a last row reducing each column."""
+    print("| prompt | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
     for r in rows:
-        print(f"| {r['prompt']} | " + " | ".join(f"{r['top'][c]:.2f}" for c in cols2) + " |")
-    means = [f"{np.mean([r['top'][c] for r in rows]):.2f}" for c in cols2]
-    print("| **mean** | " + " | ".join(means) + " |")
+        print(f"| {r['prompt']} | " + " | ".join(f"{values(r)[c]:.2f}" for c in cols) + " |")
+    last = [f"{reduce([values(r)[c] for r in rows]):.2f}" for c in cols]
+    print(f"| **{summary}** | " + " | ".join(last) + " |")
 
 
 if __name__ == "__main__":

@@ -116,11 +116,7 @@ def chat(
     model,
     n_gpu_layers,
     threads,
-    policy,
-    scorer,
-    budget,
-    update_interval,
-    recall,
+    memory,
     cold_budget,
     cold_dir,
     reposition,
@@ -141,11 +137,7 @@ def chat(
     sampling = sampling_options(model_file, temp, top_k, top_p, min_p, repeat_penalty)
     llm = memory_engine(
         model_file,
-        policy=policy,
-        scorer=scorer,
-        budget=budget,
-        update_interval=update_interval,
-        recall=recall,
+        **memory,
         n_gpu_layers=n_gpu_layers,
         threads=threads,
         reposition=reposition,
@@ -156,8 +148,10 @@ def chat(
         progress=True,
     )
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    shown = f"{policy}+recall" if recall else policy
-    click.echo(f"edge-namm chat: policy {shown}, budget {budget} cells. /help for commands.")
+    shown = memory["policy"] + ("+recall" if memory["recall"] else "")
+    click.echo(
+        f"edge-namm chat: policy {shown}, budget {memory['budget']} cells. /help for commands."
+    )
     while True:
         try:
             line = input("> ")

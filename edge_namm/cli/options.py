@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,13 @@ scorer_option = click.option(
 )
 
 
+MEMORY_KEYS = ("policy", "scorer", "budget", "update_interval", "recall")
+
+
 def memory_options(recall: bool = True) -> Callable[[Callable[..., Any]], Any]:
     """--policy, --scorer, --budget, --update-interval, --recall/--no-recall: the KV memory that
-    `chat` and `serve` hold a conversation in (arguments for `memory_engine`)."""
+    `chat` and `serve` hold a conversation in, passed to the command as one `memory` dict (the
+    arguments of `memory_engine`)."""
     recall_help = (
         "Keep evicted tokens in a cold store and bring back the ones each new message attends "
         "to (docs/DESIGN.md §6)."
@@ -105,9 +110,13 @@ def memory_options(recall: bool = True) -> Callable[[Callable[..., Any]], Any]:
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def gather(**kwargs: Any) -> Any:  # the command gets them as one `memory` dict
+            return fn(memory={k: kwargs.pop(k) for k in MEMORY_KEYS}, **kwargs)
+
         for option in reversed(options):
-            fn = option(fn)
-        return fn
+            gather = option(gather)
+        return gather
 
     return decorate
 

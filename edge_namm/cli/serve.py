@@ -44,11 +44,7 @@ def serve(
     host,
     port,
     api_key,
-    policy,
-    scorer,
-    budget,
-    update_interval,
-    recall,
+    memory,
     max_sessions,
     session_dir,
     name,
@@ -60,16 +56,7 @@ def serve(
     from edge_namm.server.app import create_app
 
     model_file = resolve_model(model)
-    llm = memory_engine(
-        model_file,
-        policy=policy,
-        scorer=scorer,
-        budget=budget,
-        update_interval=update_interval,
-        recall=recall,
-        n_gpu_layers=n_gpu_layers,
-        threads=threads,
-    )
+    llm = memory_engine(model_file, **memory, n_gpu_layers=n_gpu_layers, threads=threads)
     s = sampling_options(model_file, None, None, None, None, None)
     defaults = {
         "temperature": s["temp"],
@@ -89,7 +76,8 @@ def serve(
     )
     click.echo(
         f"edge-namm serve: {Path(model_file).name} on http://{host}:{port}/v1 "
-        f"(policy {policy}{'+recall' if recall else ''}, budget {budget}, sessions in {folder})"
+        f"(policy {memory['policy']}{'+recall' if memory['recall'] else ''}, "
+        f"budget {memory['budget']}, sessions in {folder})"
     )
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -3,7 +3,7 @@ STFT + EMA of attention per cached cell (``state``, in Numba, imported on first 
 
 from __future__ import annotations
 
-from typing import Any
+from edge_namm._lazy import lazy_attributes
 
 from .vector import (
     STD_FLOOR,
@@ -21,12 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

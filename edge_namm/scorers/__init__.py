@@ -11,7 +11,7 @@ that the numpy reference works without onnx / onnxruntime installed.
 
 from __future__ import annotations
 
-from typing import Any
+from edge_namm._lazy import lazy_attributes
 
 from .aggregate import aggregate
 from .bam import BAM_N_PARAMS, BAMScorer, BAMWindowScorer
@@ -44,12 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
