@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from edge_namm import NammLlama
+    from edge_namm.eval.budgets import full_cache_cells
     from edge_namm.eval.decoding import answer_tokens
     from edge_namm.eval.prompting import PromptBuilder
     from edge_namm.policies import make_policy
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     builder = PromptBuilder.from_model_path(model)
     pairs = training_samples(args.tasks.split(","), [args.length], args.prompts, args.seed, builder)
     scorers = {name: make_policy(name) for name in POLICIES if name != "kvzip"}
-    cells = -(-(args.length + 512) // 256) * 256
+    cells = full_cache_cells(args.length + 512)
     llm = NammLlama(model, policy="kvzip", budget=cells, record_attention=True, n_threads=2)
     rows = []
     try:

@@ -12,13 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_namm.eval.budgets import full_cache_cells
 from edge_namm.eval.decoding import SCORE_KINDS, run_prepared
 from edge_namm.eval.prompting import PreparedSample, PromptBuilder
 from edge_namm.eval.results import ratio_to_full
 from edge_namm.tasks.metrics import LOWER_IS_BETTER
-
-FULL_QUANTUM = 256
-
 
 FITNESS_KINDS = SCORE_KINDS
 
@@ -129,7 +127,7 @@ class OnlineFitness:
         cells = 0
         try:
             for prep in missing:
-                need = -(-prep.n_total // FULL_QUANTUM) * FULL_QUANTUM
+                need = full_cache_cells(prep.n_total)
                 if llm is None or need > cells:
                     if llm is not None:
                         llm.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_namm.eval.budgets import full_cache_cells
 from edge_namm.eval.decoding import answer_tokens
 from edge_namm.features import FeatureConfig, NormStats, normalise, raw_features
 
@@ -110,7 +111,7 @@ def record_prompts(
             if llm is None or need > cells:
                 if llm is not None:
                     llm.close()
-                cells = -(-need // 256) * 256
+                cells = full_cache_cells(need)
                 llm = NammLlama(
                     model_path,
                     policy="full",
