@@ -224,15 +224,15 @@ def test_save_and_load_state_carry_the_cold_store(tiny_model):
         other.close()
 
 
-def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_model):
-    llm = _engine(
-        tiny_model,
-        policy="streaming",
-        budget=96,
-        recall=True,
-        reposition=True,
-        reposition_limit=96 + 2 * 32,
+def _repositioning(path: str, policy: str) -> NammLlama:
+    """Recall with re-positioning at the smallest limit: a renumbering every few updates."""
+    return _engine(
+        path, policy=policy, budget=96, recall=True, reposition=True, reposition_limit=96 + 64
     )
+
+
+def test_recall_with_repositioning_recalls_at_renumbered_positions(tiny_model):
+    llm = _repositioning(tiny_model, "streaming")
     try:
         tokens = _tokens(llm, 600)
         llm.eval(tokens[:500])
@@ -250,14 +250,7 @@ def test_no_token_is_lost_across_renumberings_and_recalls(tiny_model, policy):
     """Every token of the conversation stays hot or cold through many recalls and
     renumberings. A recalled token can share its position with a survivor after a
     renumbering; evicting one of them must not take the other (eviction is by cell)."""
-    llm = _engine(
-        tiny_model,
-        policy=policy,
-        budget=96,
-        recall=True,
-        reposition=True,
-        reposition_limit=96 + 2 * 32,
-    )
+    llm = _repositioning(tiny_model, policy)
     try:
         tokens = _tokens(llm, 1400)
         at = 0
