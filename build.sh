@@ -155,6 +155,14 @@ else
     pip_q install --no-build-isolation --no-deps --force-reinstall \
         -C "build-dir=$BUILD_DIR/cmake-$backend" -C cmake.verbose=false "$SRC" \
         || die "building llama-cpp-python failed (compiler output above)"
+    if [[ "$backend" == *-portable ]]; then
+        # the wheel installs libllama and libggml but not the per-CPU backends it loads at run
+        # time: put them beside libllama, where edge-namm loads the best one for the CPU
+        libdir=$("$VPY" -c "import llama_cpp, pathlib; print(pathlib.Path(llama_cpp.__file__).parent / 'lib')")
+        variants=("$BUILD_DIR/cmake-$backend"/bin/libggml-cpu-*.so)
+        [[ -e "${variants[0]}" ]] || die "--portable built no libggml-cpu-<variant>.so (see the build output)"
+        cp "${variants[@]}" "$libdir/"
+    fi
     rm -f "$VENV"/.edge-namm-native-*
     touch "$STAMP"
 fi

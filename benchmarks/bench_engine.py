@@ -34,8 +34,11 @@ def child(cfg: dict) -> dict:
     import llama_cpp
     import numpy as np
 
+    from edge_namm import native
     from edge_namm.engine import NammLlama
     from edge_namm.tasks.haystack import Haystack
+
+    native.require()  # a portable build loads its CPU backend here, also for the plain run
 
     text = " ".join(Haystack.default().sentences[:3000])
     if cfg["kind"] == "plain":

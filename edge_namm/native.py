@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -104,7 +105,32 @@ def _load() -> ctypes.CDLL:
         raise NativeUnavailableError(
             f"native API version {version} does not match edge-namm's {API_VERSION}. {_BUILD_HINT}"
         )
+    load_cpu_variants(low)
     return lib
+
+
+def load_cpu_variants(low: object | None = None) -> Path | None:
+    """A portable build (`./build.sh --portable`: GGML_BACKEND_DL) ships one
+    libggml-cpu-<variant>.so per CPU generation beside libllama and loads none by itself, so no
+    model would load; this loads the best variant for this CPU (once). Returns the library
+    folder, or None for a native build (nothing to do)."""
+    if low is None:
+        from llama_cpp import llama_cpp as low
+    folder = Path(low._lib._name).parent
+    if not any(folder.glob("libggml-cpu-*")):
+        return None
+    # the copy libllama links (its soname): a wheel ships libggml.so and libggml.so.0 as two
+    # files, and loading the variants into the other copy's registry would not help libllama
+    ggml = next((p for p in (folder / "libggml.so.0", folder / "libggml.so") if p.exists()), None)
+    if ggml is not None and not _variants_loaded:
+        lib = ctypes.CDLL(str(ggml))
+        lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        lib.ggml_backend_load_all_from_path(str(folder).encode())
+        _variants_loaded.append(str(folder))
+    return folder
+
+
+_variants_loaded: list[str] = []
 
 
 def available() -> bool:
