@@ -119,18 +119,19 @@ def load_cpu_variants(low: object | None = None) -> Path | None:
     folder = Path(low._lib._name).parent
     if not any(folder.glob("libggml-cpu-*")):
         return None
-    # the copy libllama links (its soname): a wheel ships libggml.so and libggml.so.0 as two
-    # files, and loading the variants into the other copy's registry would not help libllama
-    ggml = next((p for p in (folder / "libggml.so.0", folder / "libggml.so") if p.exists()), None)
-    if ggml is not None and not _variants_loaded:
-        lib = ctypes.CDLL(str(ggml))
-        lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-        lib.ggml_backend_load_all_from_path(str(folder).encode())
-        _variants_loaded.append(str(folder))
+    _load_variants_from(folder)
     return folder
 
 
-_variants_loaded: list[str] = []
+@cache
+def _load_variants_from(folder: Path) -> None:
+    # the copy libllama links (its soname): a wheel ships libggml.so and libggml.so.0 as two
+    # files, and loading the variants into the other copy's registry would not help libllama
+    ggml = next((p for p in (folder / "libggml.so.0", folder / "libggml.so") if p.exists()), None)
+    if ggml is not None:
+        lib = ctypes.CDLL(str(ggml))
+        lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        lib.ggml_backend_load_all_from_path(str(folder).encode())
 
 
 def available() -> bool:

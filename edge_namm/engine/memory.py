@@ -17,6 +17,7 @@ from edge_namm.engine.recall import EXACT_LIMIT, choose_swaps, pool_neighbours, 
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
+from edge_namm.policies.selection import protected_mask
 
 
 class KVMemory:
@@ -262,9 +263,9 @@ class KVMemory:
             digests=cold.digests() if len(cold) > EXACT_LIMIT else None,
         )
         cold.release()
-        protected = np.zeros(view.n, dtype=bool)
-        protected[: self.policy.n_sink] = True
-        protected[max(view.n - max(self.policy.n_recent, n_protect_recent, 1), 0) :] = True
+        protected = protected_mask(
+            view.n, self.policy.n_sink, max(self.policy.n_recent, n_protect_recent)
+        )
         cold_scores = pool_neighbours(cold_scores, cold.logical)
         out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected, max_in)
         n = len(in_cold)
