@@ -9,10 +9,12 @@ import click
 
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
+    folder_option,
     memory_engine,
     memory_options,
     model_options,
     resolve_model,
+    seed_option,
 )
 
 HELP = """commands:
@@ -74,10 +76,8 @@ def render_memory(llm, width: int = 2000) -> str:
     default=None,
     help="Most tokens the cold store keeps (lowest-scored forgotten first); default: no cap.",
 )
-@click.option(
+@folder_option(
     "--cold-dir",
-    type=click.Path(file_okay=False),
-    default=None,
     help="Spill the cold store to memory-mapped files in this folder instead of RAM.",
 )
 @click.option(
@@ -110,7 +110,7 @@ def render_memory(llm, width: int = 2000) -> str:
     help="Tokens the repetition penalty looks back over.",
 )
 @click.option("--max-tokens", "-n", type=int, default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @friendly
 def chat(
     model,

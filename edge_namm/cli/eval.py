@@ -10,9 +10,11 @@ import click
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
     chunk_option,
+    folder_option,
     model_options,
     resolve_model,
     scorer_option,
+    seed_option,
     update_interval_option,
 )
 
@@ -65,11 +67,10 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     show_default=True,
     help="Samples per task and length (records per LongBench file).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
+@seed_option
+@folder_option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
     default="eval-out",
     show_default=True,
     help="Output folder (results.jsonl, summary.*, plots).",
@@ -81,17 +82,9 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     show_default=True,
     help="Question after the context only (query-agnostic) or before and after.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder with LongBench-format <dataset>.jsonl files.",
-)
-@click.option(
-    "--haystack",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder of .txt files used as filler (default: the pulled essays).",
+@folder_option("--data-dir", help="Folder with LongBench-format <dataset>.jsonl files.")
+@folder_option(
+    "--haystack", help="Folder of .txt files used as filler (default: the pulled essays)."
 )
 @update_interval_option()
 @chunk_option

@@ -7,23 +7,14 @@ from pathlib import Path
 import click
 
 from edge_namm.cli.errors import friendly
+from edge_namm.cli.options import file_option
 
 
 @click.command()
-@click.option(
-    "--scorer",
-    "scorer_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Scorer file (.json; default: the shipped default scorer).",
+@file_option(
+    "--scorer", "scorer_path", help="Scorer file (.json; default: the shipped default scorer)."
 )
-@click.option(
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Where to write the .onnx file.",
-)
+@file_option("--out", "out_path", required=True, help="Where to write the .onnx file.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (>= 13).")
 @friendly
 def export(scorer_path: str | None, out_path: str, opset: int) -> None:

@@ -1,4 +1,5 @@
-"""Click options shared by the commands that load a model."""
+"""Click options shared by the edge-namm commands (paths, seed, model, memory) and the engine
+the memory options describe."""
 
 from __future__ import annotations
 
@@ -9,6 +10,23 @@ from typing import Any
 
 import click
 
+# what click.option returns: it decorates a command function
+Decorator = Callable[[Callable[..., Any]], Any]
+
+
+def file_option(*decls: str, exists: bool = False, **kwargs: Any) -> Decorator:
+    """An option naming a file; click refuses a folder there (and a missing file with
+    ``exists``). Every command spells its file options this one way."""
+    return click.option(*decls, type=click.Path(dir_okay=False, exists=exists), **kwargs)
+
+
+def folder_option(*decls: str, **kwargs: Any) -> Decorator:
+    """An option naming a folder; click refuses a file there."""
+    return click.option(*decls, type=click.Path(file_okay=False), **kwargs)
+
+
+seed_option = click.option("--seed", type=int, default=0, show_default=True)
+
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--model, -ngl, -t: how llama.cpp loads and runs the GGUF."""
@@ -16,11 +34,9 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     for option in reversed(
         [
-            click.option(
+            file_option(
                 "--model",
                 "-m",
-                type=click.Path(dir_okay=False),
-                default=None,
                 help="GGUF model file, or the name of a model `edge-namm pull` fetches "
                 f"({', '.join(MODELS)}). Default: {DEFAULT_MODEL}.",
             ),
@@ -58,7 +74,7 @@ def resolve_model(model: str | None) -> str:
     return str(path)
 
 
-def update_interval_option(default: int = 512) -> Callable[[Callable[..., Any]], Any]:
+def update_interval_option(default: int = 512) -> Decorator:
     return click.option(
         "--update-interval",
         type=int,
@@ -76,18 +92,15 @@ chunk_option = click.option(
     help="Prefill batch size (<= update interval).",
 )
 
-scorer_option = click.option(
-    "--scorer",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Scorer file for the namm policy (default: the shipped scorer).",
+scorer_option = file_option(
+    "--scorer", help="Scorer file for the namm policy (default: the shipped scorer)."
 )
 
 
 MEMORY_KEYS = ("policy", "scorer", "budget", "update_interval", "recall")
 
 
-def memory_options(recall: bool = True) -> Callable[[Callable[..., Any]], Any]:
+def memory_options(recall: bool = True) -> Decorator:
     """--policy, --scorer, --budget, --update-interval, --recall/--no-recall: the KV memory that
     `chat` and `serve` hold a conversation in, passed to the command as one `memory` dict (the
     arguments of `memory_engine`)."""

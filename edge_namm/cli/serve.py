@@ -9,6 +9,7 @@ import click
 
 from edge_namm.cli.errors import friendly
 from edge_namm.cli.options import (
+    folder_option,
     memory_engine,
     memory_options,
     model_options,
@@ -29,10 +30,8 @@ from edge_namm.cli.options import (
     show_default=True,
     help="Conversations kept in RAM; the least recently used beyond go to --session-dir.",
 )
-@click.option(
+@folder_option(
     "--session-dir",
-    type=click.Path(file_okay=False),
-    default=None,
     help="Where parked conversations are saved (default: a temporary folder).",
 )
 @click.option("--name", default=None, help="Model id shown on /v1/models (default: file name).")

@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 
 from edge_namm.cli.errors import friendly
-from edge_namm.cli.options import chunk_option, model_options, resolve_model, update_interval_option
+from edge_namm.cli.options import (
+    chunk_option,
+    file_option,
+    folder_option,
+    model_options,
+    resolve_model,
+    seed_option,
+    update_interval_option,
+)
 from edge_namm.train.subspace import SUBSPACES
 
 
@@ -126,10 +134,9 @@ def parse_lengths(text: str) -> list[int]:
     show_default=True,
     help="sep = separable CMA-ES (O(n)); auto: sep for BAM, full for the MLPs.",
 )
-@click.option(
+@file_option(
     "--init-scorer",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
+    exists=True,
     help="Start from this scorer file (parameters and normalisation) instead of 0; a BAM "
     "may start from an mlp (linear) scorer, which it contains, or from either BAM type.",
 )
@@ -164,21 +171,15 @@ def parse_lengths(text: str) -> list[int]:
     "scorer reads; the scorer file records it and the engine runs the pass for it (about one "
     "more prefill).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
+@seed_option
+@folder_option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
     default="train-out",
     show_default=True,
     help="Run directory (checkpoint, log.csv, curve.png, scorer.json).",
 )
-@click.option(
-    "--save",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the final scorer file here.",
-)
+@file_option("--save", help="Also write the final scorer file here.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @friendly
