@@ -39,6 +39,9 @@ def _load() -> ctypes.CDLL:
     if not hasattr(lib, "edge_namm_api_version"):
         raise NativeUnavailableError(f"the installed llama.cpp is not patched. {_BUILD_HINT}")
     c = ctypes
+    # (ctx, seq_id, int32 array, its length) -> int32: the calls that read or remove a
+    # sequence's cells by position or cell index
+    seq_cells = ([c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32], c.c_int32)
     sigs = {
         "edge_namm_api_version": ([], c.c_int32),
         "edge_namm_unsupported_reason": ([c.c_void_p], c.c_char_p),
@@ -53,18 +56,9 @@ def _load() -> ctypes.CDLL:
         "edge_namm_capture_n_head_kv": ([c.c_void_p], c.c_int32),
         "edge_namm_capture_n_cells": ([c.c_void_p], c.c_int32),
         "edge_namm_capture_max_queries": ([c.c_void_p], c.c_int32),
-        "edge_namm_cell_positions": (
-            [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
-            c.c_int32,
-        ),
-        "edge_namm_remove_positions": (
-            [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
-            c.c_int32,
-        ),
-        "edge_namm_remove_cells": (
-            [c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32],
-            c.c_int32,
-        ),
+        "edge_namm_cell_positions": seq_cells,
+        "edge_namm_remove_positions": seq_cells,
+        "edge_namm_remove_cells": seq_cells,
         "edge_namm_read_keys": (
             [c.c_void_p, c.c_int32, c.POINTER(c.c_float), c.c_int64],
             c.c_int32,
