@@ -9,10 +9,7 @@ facts are told; the question asks for one, so the others are distractors.
 
 from __future__ import annotations
 
-import random
-
-from edge_namm.tasks.haystack import Haystack
-from edge_namm.tasks.sample import CountTokens, Sample
+from edge_namm.tasks.sample import Sample
 from edge_namm.tasks.synthetic import _key, _number
 from edge_namm.tasks.synthetic.base import Job, synthetic_task
 
@@ -43,9 +40,7 @@ def conversation(job: Job, i: int, d: float | None) -> Sample:
     values = [job.draw(_number(6), used) for _ in range(N_FACTS)]
     asked = rng.randrange(N_FACTS)
     question = f"What is the code for my {keys[asked]}? Answer with the number only."
-    messages = _chat(
-        job.haystack, job.count_tokens, rng, job.split, job.length, question, keys, values, depth
-    )
+    messages = _chat(job, question, keys, values, depth)
     return job.sample(
         i,
         depth,
@@ -60,20 +55,11 @@ def conversation(job: Job, i: int, d: float | None) -> Sample:
     )
 
 
-def _chat(
-    haystack: Haystack,
-    count_tokens: CountTokens,
-    rng: random.Random,
-    split: str,
-    length: int,
-    question: str,
-    keys: list[str],
-    values: list[str],
-    depth: float,
-) -> list[dict]:
-    """User/assistant turns of filler around the fact turns, about ``length`` tokens with the
-    question; the asked fact (keys[asked] is not known here) sits at ``depth`` x 40%."""
-    offset = haystack.random_offset(rng, split)
+def _chat(job: Job, question: str, keys: list[str], values: list[str], depth: float) -> list[dict]:
+    """User/assistant turns of filler around the fact turns, about the job's length in tokens
+    with the question; the asked fact (keys[asked] is not known here) sits at ``depth`` x 40%."""
+    haystack, count_tokens, split, length = job.haystack, job.count_tokens, job.split, job.length
+    offset = haystack.random_offset(job.rng, split)
 
     def filler(n: int) -> str:
         nonlocal offset

@@ -165,31 +165,6 @@ def _place(fill: list[tuple[str, int]], inserts: list[_Insert]) -> tuple[str, li
     return " ".join(pieces), achieved
 
 
-def _assemble(
-    haystack: Haystack,
-    count_tokens: CountTokens,
-    rng: random.Random,
-    split: str,
-    length: int,
-    question: str,
-    inserts: list[_Insert],
-) -> tuple[str, list[float]]:
-    """Context of filler + inserts such that ``context + question`` is about ``length`` tokens."""
-    start = haystack.random_offset(rng, split)
-    bare = Sample("", " ".join(i.text for i in inserts), question, "", [], 0, 0, None, "", "")
-    n_fill = max(0, length - count_tokens(bare.prompt("after")))
-    context, achieved = "", [0.0] * len(inserts)
-    for _ in range(2):  # second pass corrects tokenizer non-additivity
-        fill, _ = haystack.take(start, n_fill, count_tokens, split)
-        context, achieved = _place(fill, inserts)
-        probe = Sample("", context, question, "", [], 0, 0, None, "", "")
-        err = length - count_tokens(probe.prompt("after"))
-        if abs(err) <= max(8, length // 100) or n_fill + err <= 0:
-            break
-        n_fill += err
-    return context, achieved
-
-
 # ---- the shared prologue ------------------------------------------------------------------------
 
 
@@ -213,10 +188,21 @@ class Job:
         return _draw(self.rng, make, self.split, used, avoid)
 
     def assemble(self, question: str, inserts: list[_Insert]) -> tuple[str, list[float]]:
-        """Filler around ``inserts`` that brings the prompt to this job's length."""
-        return _assemble(
-            self.haystack, self.count_tokens, self.rng, self.split, self.length, question, inserts
-        )
+        """Filler around ``inserts`` such that ``context + question`` is about this job's
+        length in tokens; returns the context and the achieved depth of each insert."""
+        start = self.haystack.random_offset(self.rng, self.split)
+        bare = Sample("", " ".join(i.text for i in inserts), question, "", [], 0, 0, None, "", "")
+        n_fill = max(0, self.length - self.count_tokens(bare.prompt("after")))
+        context, achieved = "", [0.0] * len(inserts)
+        for _ in range(2):  # second pass corrects tokenizer non-additivity
+            fill, _ = self.haystack.take(start, n_fill, self.count_tokens, self.split)
+            context, achieved = _place(fill, inserts)
+            probe = Sample("", context, question, "", [], 0, 0, None, "", "")
+            err = self.length - self.count_tokens(probe.prompt("after"))
+            if abs(err) <= max(8, self.length // 100) or n_fill + err <= 0:
+                break
+            n_fill += err
+        return context, achieved
 
     def sample(self, i: int, depth: float | None, **fields: Any) -> Sample:
         """Sample ``i`` of this job (``fields`` as for ``_make``)."""
