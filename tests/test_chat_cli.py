@@ -13,6 +13,13 @@ import pytest
 BIN = Path(sys.executable).parent / "edge-namm"
 
 
+def _run(args: str, timeout: int = 60, env: dict | None = None) -> tuple[str, int]:
+    """`edge-namm ARGS` run to the end in a pseudo-terminal: its output and exit status."""
+    return pexpect.run(
+        f"{BIN} {args}", withexitstatus=True, encoding="utf-8", timeout=timeout, env=env
+    )
+
+
 @pytest.fixture
 def chat(model_path, tmp_path):
     child = pexpect.spawn(
@@ -77,12 +84,7 @@ def test_chat_answers_shows_status_survives_ctrl_c_and_exits_on_eof(chat, tmp_pa
 
 
 def test_chat_without_model_says_how_to_pull(tmp_path):
-    out, status = pexpect.run(
-        f"{BIN} chat --model {tmp_path}/absent.gguf",
-        withexitstatus=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    out, status = _run(f"chat --model {tmp_path}/absent.gguf")
     assert status != 0
     assert "model file not found" in out and "edge-namm pull" in out
     assert "Traceback" not in out
@@ -92,13 +94,7 @@ def test_chat_model_by_catalog_name(tmp_path, model_path):
     """--model accepts the names `edge-namm pull` knows; a name not pulled yet says which pull
     to run (an empty cache here), the default name resolves to the pulled default model."""
     env = {**os.environ, "EDGE_NAMM_CACHE": str(tmp_path)}
-    out, status = pexpect.run(
-        f"{BIN} chat --model gemma3-270m",
-        withexitstatus=True,
-        encoding="utf-8",
-        timeout=60,
-        env=env,
-    )
+    out, status = _run("chat --model gemma3-270m", env=env)
     assert status != 0 and "edge-namm pull gemma3-270m" in out and "Traceback" not in out
     from edge_namm.cli.options import resolve_model
     from edge_namm.downloads import default_model_path
@@ -109,12 +105,7 @@ def test_chat_model_by_catalog_name(tmp_path, model_path):
 
 
 def test_chat_budget_too_small_is_one_line(model_path):
-    out, status = pexpect.run(
-        f"{BIN} chat --model {model_path} --budget 8",
-        withexitstatus=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    out, status = _run(f"chat --model {model_path} --budget 8")
     assert status != 0 and "too small" in out and "Traceback" not in out
 
 
@@ -122,13 +113,13 @@ def test_info_reports_patch_backend_and_pulled_models(tmp_path):
     import json
 
     env = {**os.environ, "EDGE_NAMM_CACHE": str(tmp_path)}
-    out, status = pexpect.run(f"{BIN} info --json", withexitstatus=True, encoding="utf-8", env=env)
+    out, status = _run("info --json", timeout=30, env=env)
     assert status == 0, out
     data = json.loads(out[out.index("{") :])
     assert data["native_patch"] is True and data["backend"]
     assert data["default_model_present"] is False and data["models_pulled"] == []
     assert data["default_model"].startswith(str(tmp_path))
-    out, status = pexpect.run(f"{BIN} info", withexitstatus=True, encoding="utf-8", env=env)
+    out, status = _run("info", timeout=30, env=env)
     assert status == 0 and "run `edge-namm pull`" in out
 
 
