@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +56,23 @@ def tiny_gemma3(tmp_path_factory) -> str:
 @pytest.fixture(params=["llama", "gemma3"])
 def any_tiny(request, tiny_model, tiny_gemma3) -> str:
     return tiny_model if request.param == "llama" else tiny_gemma3
+
+
+@pytest.fixture(scope="module")
+def module_engines() -> Iterator[Callable[..., Any]]:
+    """Builds the NammLlama engines a module's tests share (its module-scoped fixtures call it)
+    and closes them when the module is done, so no fixture repeats the build/yield/close."""
+    from edge_namm.engine import NammLlama
+
+    engines: list[NammLlama] = []
+
+    def build(model: str | Path, **settings: Any) -> NammLlama:
+        engines.append(NammLlama(str(model), **settings))
+        return engines[-1]
+
+    yield build
+    for llm in reversed(engines):
+        llm.close()
 
 
 @pytest.fixture(scope="session")

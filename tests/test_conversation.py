@@ -17,10 +17,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def llm(model_path):
-    engine = NammLlama(model_path, policy="namm", budget=256, update_interval=128, chunk=128)
-    yield engine
-    engine.close()
+def llm(model_path, module_engines):
+    return module_engines(model_path, policy="namm", budget=256, update_interval=128, chunk=128)
 
 
 @pytest.mark.parametrize("stream", [False, True])

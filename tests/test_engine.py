@@ -16,10 +16,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def namm_llm(model_path):
-    llm = NammLlama(model_path, policy="namm", budget=512, update_interval=256, chunk=128)
-    yield llm
-    llm.close()
+def namm_llm(model_path, module_engines):
+    return module_engines(model_path, policy="namm", budget=512, update_interval=256, chunk=128)
 
 
 def test_full_policy_matches_plain_llama_token_for_token(model_path):

@@ -174,10 +174,8 @@ def test_absurd_budgets_intervals_and_chunks(tiny, budget, interval, chunk, cold
 
 
 @pytest.fixture(scope="module")
-def tiny_llm(tiny):
-    llm = NammLlama(str(tiny), policy="streaming", budget=96, update_interval=32, chunk=32)
-    yield llm
-    llm.close()
+def tiny_llm(tiny, module_engines):
+    return module_engines(tiny, policy="streaming", budget=96, update_interval=32, chunk=32)
 
 
 @FAST
