@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
-def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` that takes ``name`` from submodule ``table[name]`` of
-    ``package`` the first time it is asked for (ONNX Runtime, Numba: seconds to import)."""
+def lazy_attributes(package: str, submodules: dict[str, Iterable[str]]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that takes each name listed under a submodule of ``package``
+    from it the first time it is asked for (ONNX Runtime, Numba: seconds to import). The table
+    reads like the eager ``from .submodule import (...)`` lines beside it."""
+    table = {name: module for module, names in submodules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         if name in table:

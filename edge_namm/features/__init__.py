@@ -14,14 +14,9 @@ from .vector import (
     raw_features,
 )
 
-_LAZY = {
-    "AttentionFeatures": "state",
-    "dft_tables": "stft",
-    "hann_periodic": "stft",
-}
-
-
-__getattr__ = lazy_attributes(__name__, _LAZY)
+__getattr__ = lazy_attributes(
+    __name__, {"state": ["AttentionFeatures"], "stft": ["dft_tables", "hann_periodic"]}
+)
 
 
 __all__ = [

@@ -34,17 +34,13 @@ from .file import (
 from .mlp import LinearScorer, TwoLayerScorer
 from .registry import SCORERS, zero_scorer
 
-_LAZY = {
-    "export_onnx": "onnx_export",
-    "build_onnx_model": "onnx_export",
-    "OnnxScorer": "runtime",
-    "load_onnx_scorer": "runtime",
-    "compile_scorer": "runtime",
-    "read_onnx_metadata": "runtime",
-}
-
-
-__getattr__ = lazy_attributes(__name__, _LAZY)
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "onnx_export": ["export_onnx", "build_onnx_model"],
+        "runtime": ["OnnxScorer", "load_onnx_scorer", "compile_scorer", "read_onnx_metadata"],
+    },
+)
 
 
 __all__ = [
