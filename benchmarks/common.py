@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -38,3 +39,13 @@ def default_model() -> str:
     from edge_namm.downloads import default_model_path
 
     return str(default_model_path())
+
+
+def needle_prompt_args(ap: argparse.ArgumentParser, prompts: int) -> None:
+    """The options of the scripts that study needle prompts of the train split."""
+    ap.add_argument("--model", default=None, help="GGUF file (default: the pulled SmolLM2)")
+    ap.add_argument("--tasks", default="passkey,niah")
+    ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--prompts", type=int, default=prompts, help="prompts per task")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)

@@ -27,7 +27,7 @@ from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import default_model, machine  # noqa: E402
+from common import default_model, machine, needle_prompt_args  # noqa: E402
 from needle_visibility import WINDOW, auc, needle_span  # noqa: E402
 
 POLICIES = ("h2o", "tova", "snapkv", "keydiff", "l2", "kvzip", "namm")
@@ -60,11 +60,7 @@ def fit_combination(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--tasks", default="passkey,niah")
-    ap.add_argument("--length", type=int, default=2048)
-    ap.add_argument("--prompts", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    needle_prompt_args(ap, prompts=3)
     args = ap.parse_args(argv)
 
     from edge_namm import NammLlama
@@ -80,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     pairs = training_samples(args.tasks.split(","), [args.length], args.prompts, args.seed, builder)
     scorers = {name: make_policy(name) for name in POLICIES if name != "kvzip"}
     cells = full_cache_cells(args.length + 512)
-    llm = NammLlama(model, policy="kvzip", budget=cells, record_attention=True, n_threads=2)
+    llm = NammLlama(
+        model, policy="kvzip", budget=cells, record_attention=True, n_threads=args.threads
+    )
     rows = []
     try:
         for _, sample in pairs:

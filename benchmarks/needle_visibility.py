@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import default_model, machine  # noqa: E402
+from common import default_model, machine, needle_prompt_args  # noqa: E402
 
 WINDOW = 150
 MIN_AGE = 100
@@ -37,14 +37,9 @@ MIN_AGE = 100
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default=None, help="GGUF file (default: the pulled SmolLM2)")
-    ap.add_argument("--tasks", default="passkey,niah")
-    ap.add_argument("--length", type=int, default=2048)
-    ap.add_argument("--prompts", type=int, default=4, help="prompts per task")
+    needle_prompt_args(ap, prompts=4)
     ap.add_argument("--update-interval", type=int, default=512)
     ap.add_argument("--mode", default="after", choices=("after", "both"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
         "--repeat", action="store_true", help="fold a context-repeat pass into the features"
     )

@@ -1,0 +1,160 @@
+"""Which recall rule brings a needle back? Scoring rules compared on the same captured inputs.
+
+For each needle prompt of the train split (never the eval split that results are reported on),
+the prompt is prefilled under a policy with the cold tier on, and at the moment recall would
+run, its inputs are kept: the window's post-RoPE queries, the hot and cold keys and their
+conversation positions. Every rule below then picks its swaps from those same inputs (at most
+`budget / 4` tokens come back, as the engine's default) and is scored by what the hot cache
+holds afterwards: the share of the needle sentence's tokens and of its answer's tokens, and
+whether the whole answer is there.
+
+Rules (a rule = how a token's score is reduced over layers, heads and window queries):
+- max: the largest log-attention any query gives the token (the shipped rule).
+- mass: the attention the token would receive, summed over every (layer, head, query).
+- head-mass: per (layer, KV head), attention summed over the group's queries; the largest.
+Each rule is tried with several window lengths and pooling radii.
+
+    python benchmarks/recall_study.py [--tasks niah,passkey] [--prompts 6] [--length 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import default_model, machine, needle_prompt_args  # noqa: E402
+from needle_visibility import needle_span  # noqa: E402
+
+WINDOWS = (8, 16, 32, 64)
+RADII = (0, 4, 8, 16)
+
+
+def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
+    """A token score per rule from grouped queries q [L, G, group*W, d] and keys [L, N, G*d]."""
+    from edge_namm.engine.recall import _blocks
+
+    n = keys.shape[1]
+    out = np.full(n, -np.inf) if rule in ("max", "head-mass") else np.zeros(n)
+    for layer, g, k in _blocks(keys, n_head_kv):
+        z = k @ q[layer, g].T - lse[layer, g]
+        if rule == "max":
+            out = np.maximum(out, z.max(axis=1))
+        elif rule == "mass":
+            out += np.exp(z).sum(axis=1)
+        else:
+            out = np.maximum(out, np.exp(z).sum(axis=1))
+    return out
+
+
+def coverage(cap: dict, rule: str, window: int, radius: int) -> tuple[float, float, bool]:
+    """(needle share, answer share, whole answer) hot after this rule's swaps."""
+    from edge_namm.engine.recall import _grouped, choose_swaps, hot_normaliser, pool_neighbours
+    from edge_namm.policies.selection import protected_mask
+
+    q = _grouped(cap["queries"][:, :, -window:], cap["scales"], cap["n_head_kv"])
+    lse = hot_normaliser(q, cap["hot_keys"], cap["n_head_kv"])
+    hot = block_reduce(q, cap["hot_keys"], lse, cap["n_head_kv"], rule)
+    cold = block_reduce(q, cap["cold_keys"], lse, cap["n_head_kv"], rule)
+    if radius:
+        cold = pool_neighbours(cold, cap["cold_logical"], radius)
+    protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
+    out_hot, in_cold = choose_swaps(hot, cold, protected, cap["max_in"])
+    kept = set(np.delete(cap["hot_logical"], out_hot).tolist())
+    kept |= set(cap["cold_logical"][in_cold].tolist())
+    (a, e), (va, ve) = cap["needle"], cap["answer"]
+    needle = np.mean([p in kept for p in range(a, e)])
+    answer = [p in kept for p in range(va, ve)]
+    return float(needle), float(np.mean(answer)), bool(all(answer))
+
+
+def answer_span(builder, sample, mode: str) -> tuple[int, int]:
+    """Token range of the answer's first occurrence inside the needle sentence."""
+    text, add_bos = builder.prompt_text(sample, mode)
+    needle = sample.meta["needles"][0]
+    at = text.find(needle) + needle.find(sample.answers[0])
+
+    def n_tokens(t: str) -> int:
+        return len(builder.tokenize(t, add_bos=add_bos, special=True))
+
+    return n_tokens(text[:at]), n_tokens(text[: at + len(sample.answers[0])])
+
+
+def capture(model: str, policy: str, builder, pairs, threads: int) -> list[dict]:
+    """Prefill each prompt with recall on and keep recall's inputs instead of recalling."""
+    from edge_namm import NammLlama
+    from edge_namm.eval.budgets import parse_budget
+
+    caps = []
+    for _, sample in pairs:
+        prep = builder.prepare(sample, "after")
+        budget = parse_budget("0.25").resolve(prep.n_input)
+        llm = NammLlama(
+            model, policy=policy, recall=True, recall_window=max(WINDOWS), budget=budget,
+            n_threads=threads, n_threads_batch=threads,
+        )  # fmt: skip
+        mem = llm.memory
+        kept: dict = {}
+
+        def grab(queries, scales, n_protect_recent, max_in=None, mem=mem, kept=kept):
+            view = mem.view()
+            kept.update(
+                queries=queries.copy(),
+                scales=np.asarray(scales).copy(),
+                hot_keys=mem.read_keys(view.cells).astype(np.float32),
+                hot_logical=mem._logical[view.cells].copy(),
+                cold_keys=mem.cold.keys().astype(np.float32),
+                cold_logical=mem.cold.logical.copy(),
+            )
+            return 0
+
+        mem.recall = grab
+        try:
+            llm.eval(prep.prompt)
+        finally:
+            llm.close()
+        if not kept:
+            continue
+        kept.update(
+            n_head_kv=mem.n_head_kv,
+            n_sink=llm.policy.n_sink,
+            n_recent=llm.policy.n_recent,
+            max_in=max(16, budget // 4),
+            needle=needle_span(builder, sample, "after"),
+            answer=answer_span(builder, sample, "after"),
+            sample=sample.sample_id,
+        )
+        caps.append(kept)
+        print(f"captured {sample.sample_id}: {len(kept['cold_logical'])} cold", flush=True)
+    return caps
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    needle_prompt_args(ap, prompts=6)
+    ap.add_argument("--policy", default="namm")
+    args = ap.parse_args(argv)
+
+    from edge_namm.eval.prompting import PromptBuilder
+    from edge_namm.train.trainer import training_samples
+
+    model = args.model or default_model()
+    builder = PromptBuilder.from_model_path(model)
+    pairs = training_samples(args.tasks.split(","), [args.length], args.prompts, args.seed, builder)
+    caps = capture(model, args.policy, builder, pairs, args.threads)
+    print(f"machine: {machine()}; {len(caps)} prompts of ~{args.length} tokens; {args.policy}")
+    print("| rule | window | radius | needle tokens hot | answer tokens hot | whole answer hot |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for rule, window, radius in itertools.product(("max", "mass", "head-mass"), WINDOWS, RADII):
+        res = np.array([coverage(c, rule, window, radius) for c in caps])
+        n, a, w = res.mean(axis=0)
+        print(f"| {rule} | {window} | {radius} | {n:.2f} | {a:.2f} | {w:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
