@@ -5,7 +5,10 @@
 "plain" is llama_cpp.Llama with edge-namm never touched (the patch adds functions and a
 callback setter; the decode path itself is stock code). "disarmed" has a capture buffer
 allocated but no callback installed; "armed" captures every layer's GQA-averaged rows
-(the buffer is cleared after each decode, as the engine does after folding).
+(the buffer is cleared after each decode, as the engine does after folding), averaged by a
+graph node on the backend (the default); "armed, host mean" reads the whole softmax and
+averages on the host. "bytes / chunk" is what capture reads per prefill chunk: on a GPU, what
+crosses to the host.
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ def run(
         if cap is not None:
             cap.clear()
     prefill = time.perf_counter() - t0
+    return len(tokens) / prefill, run_decode(llm, tokens, n_decode, cap) if n_decode else 0.0
+
+
+def run_decode(llm: llama_cpp.Llama, tokens: list[int], n_decode: int, cap) -> float:
+    """Single-token decodes after a prefill (the cache keeps growing); tokens/s."""
     t0 = time.perf_counter()
     for i in range(n_decode):
         llm.eval([tokens[i]])
         if cap is not None:
             cap.clear()
-    decode = time.perf_counter() - t0
-    return len(tokens) / prefill, n_decode / decode
+    return n_decode / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -62,27 +69,35 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tokens = rng.integers(100, llm.n_vocab() - 100, size=args.prompt).tolist()
     cap = native.AttentionCapture(llm._ctx.ctx, max_queries=args.chunk)
-    modes = {"plain": None, "disarmed": cap, "armed": cap}
+    modes = {"plain": None, "disarmed": cap, "armed": cap, "armed, host mean": cap}
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    bytes_per_chunk: dict[str, float] = {}
+    n_chunks = -(-len(tokens) // args.chunk)
     run(llm, tokens[:256], args.chunk, 4, None)  # warm-up
     for _ in range(args.repeats):
         for mode, c in modes.items():  # interleaved so drift hits every mode alike
-            cap.arm(mode == "armed")
-            results[mode].append(run(llm, tokens, args.chunk, args.decode, c))
+            cap.set_device_mean(mode != "armed, host mean")
+            cap.arm(mode.startswith("armed"))
+            before = cap.bytes_read
+            results[mode].append(run(llm, tokens, args.chunk, 0, c))
+            bytes_per_chunk[mode] = (cap.bytes_read - before) / n_chunks
+            results[mode][-1] = (results[mode][-1][0], run_decode(llm, tokens, args.decode, c))
     cap.disarm()
     print(f"machine: {machine()}; model: {args.model}")
     print(
         f"n_ctx {args.cells}, prefill {args.prompt} tokens in chunks of {args.chunk}, "
         f"{args.decode} decodes, medians of {args.repeats}"
     )
-    print("| mode | prefill tok/s | decode tok/s | prefill vs plain | decode vs plain |")
-    print("|---|---|---|---|---|")
+    cols = ("mode", "prefill tok/s", "decode tok/s", "prefill vs plain", "decode vs plain")
+    print("| " + " | ".join((*cols, "bytes / chunk")) + " |")
+    print("|---|---|---|---|---|---|")
     base = [np.median([r[k] for r in results["plain"]]) for k in (0, 1)]
     for mode in modes:
         med = [np.median([r[k] for r in results[mode]]) for k in (0, 1)]
         print(
             f"| {mode} | {med[0]:.1f} | {med[1]:.1f} "
-            f"| {med[0] / base[0]:.3f} | {med[1] / base[1]:.3f} |"
+            f"| {med[0] / base[0]:.3f} | {med[1] / base[1]:.3f} "
+            f"| {bytes_per_chunk.get(mode, 0) / 2**20:.1f} MiB |"
         )
     cap.close()
     llm.close()

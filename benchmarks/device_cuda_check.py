@@ -8,7 +8,8 @@ the same build, in one process:
   b) attention capture: native GQA-averaged rows vs an independent Python eval callback that
      copies kq_soft_max with ggml_backend_tensor_get (works for device tensors), and vs the
      native capture of the CPU path; the tests/test_native.py checks that need no host data
-     pointer are run as-is on the GPU context;
+     pointer are run as-is on the GPU context; the GQA mean computed on the device vs on the
+     host (same rows) and the bytes each reads per chunk;
   c) KV-slot removal and the cell map on the GPU-resident cache, and a 3,000-token periodic
      removal schedule on 512 cells compared between GPU and CPU (positions, logits, keys);
   d) NammLlama(policy="namm") with a small budget on a prompt 8x the budget: cells after
@@ -233,6 +234,36 @@ def check_capture_vs_reference(args, model_path: str) -> dict:
             host_flags.count(False) == len(host_flags),
             "softmax ran on the host, not the GPU",
         )
+    return result
+
+
+def check_device_group_mean(args, model_path: str) -> dict:
+    """Rows read from the graph's GQA mean node vs the whole softmax averaged on the host, on
+    this path: equal, and the bytes read per 128-token chunk at ~N cells (what crosses from the
+    GPU to the host) shrink by the group size."""
+    result: dict = {}
+    rows = {}
+    for device_mean in (True, False):
+        llm = make_llama(model_path, args.gpu_layers, args.threads, n_ctx=2048)
+        cap = native.AttentionCapture(llm._ctx.ctx, max_queries=128)
+        try:
+            cap.set_device_mean(device_mean)
+            rng = np.random.default_rng(0)
+            tokens = rng.integers(100, llm.n_vocab() - 100, size=1024).tolist()
+            llm.eval(tokens[:896])  # ~1k cells in use, disarmed
+            cap.arm()
+            llm.eval(tokens[896:])  # one captured chunk of 128 queries
+            rows[device_mean] = cap.rows().copy()
+            result[f"bytes_per_chunk_{'device' if device_mean else 'host'}_mean"] = cap.bytes_read
+            result["group"] = low.llama_model_n_head(llm._model.model) // cap.n_head_kv
+        finally:
+            cap.close()
+            llm.close()
+    result["max_abs_diff"] = float(np.abs(rows[True] - rows[False]).max())
+    ratio = result["bytes_per_chunk_host_mean"] / max(1, result["bytes_per_chunk_device_mean"])
+    result["bytes_ratio"] = ratio
+    expect(result, result["max_abs_diff"] <= 1e-6, "device and host GQA means differ")
+    expect(result, ratio == result["group"], "bytes read should shrink by the GQA group size")
     return result
 
 
@@ -544,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         report.run("a_offload", check_offload, args, model_path)
         report.run("b_capture_vs_reference", check_capture_vs_reference, args, model_path)
         report.run("b_c_test_native_on_device", check_test_native_on_device, args, model_path)
+        report.run("b_device_group_mean", check_device_group_mean, args, model_path)
         report.run(
             "b_test_native_host_reference_cpu", check_test_native_host_reference, args, model_path
         )

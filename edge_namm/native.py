@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-API_VERSION = 4
+API_VERSION = 5
 
 _BUILD_HINT = (
     "edge-namm needs llama-cpp-python built with its native patch: run ./build.sh from the "
@@ -38,12 +38,18 @@ def _load() -> ctypes.CDLL:
     lib = low._lib
     if not hasattr(lib, "edge_namm_api_version"):
         raise NativeUnavailableError(f"the installed llama.cpp is not patched. {_BUILD_HINT}")
+    # the version first: an older build lacks newer symbols, and the hint says to rebuild
+    lib.edge_namm_api_version.argtypes, lib.edge_namm_api_version.restype = [], ctypes.c_int32
+    version = lib.edge_namm_api_version()
+    if version != API_VERSION:
+        raise NativeUnavailableError(
+            f"native API version {version} does not match edge-namm's {API_VERSION}. {_BUILD_HINT}"
+        )
     c = ctypes
     # (ctx, seq_id, int32 array, its length) -> int32: the calls that read or remove a
     # sequence's cells by position or cell index
     seq_cells = ([c.c_void_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32], c.c_int32)
     sigs = {
-        "edge_namm_api_version": ([], c.c_int32),
         "edge_namm_unsupported_reason": ([c.c_void_p], c.c_char_p),
         "edge_namm_capture_new": ([c.c_void_p, c.c_int32], c.c_void_p),
         "edge_namm_capture_free": ([c.c_void_p], None),
@@ -64,6 +70,8 @@ def _load() -> ctypes.CDLL:
             c.c_int32,
         ),
         "edge_namm_capture_set_modes": ([c.c_void_p, c.c_bool, c.c_bool], None),
+        "edge_namm_capture_set_device_mean": ([c.c_void_p, c.c_bool], None),
+        "edge_namm_capture_bytes_read": ([c.c_void_p], c.c_uint64),
         "edge_namm_capture_q_data": ([c.c_void_p], c.POINTER(c.c_float)),
         "edge_namm_capture_q_count": ([c.c_void_p], c.c_int32),
         "edge_namm_capture_n_head": ([c.c_void_p], c.c_int32),
@@ -94,11 +102,6 @@ def _load() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = argtypes
         fn.restype = restype
-    version = lib.edge_namm_api_version()
-    if version != API_VERSION:
-        raise NativeUnavailableError(
-            f"native API version {version} does not match edge-namm's {API_VERSION}. {_BUILD_HINT}"
-        )
     load_cpu_variants(low)
     return lib
 
@@ -337,6 +340,16 @@ class AttentionCapture:
     def set_modes(self, rows: bool = True, queries: bool = False) -> None:
         """What an armed capture records: attention rows, queries (for recall), or both."""
         self._lib.edge_namm_capture_set_modes(self._ptr, rows, queries)
+
+    def set_device_mean(self, on: bool = True) -> None:
+        """Average each GQA group in the graph, on the backend (default), or on the host after
+        reading the whole softmax; the rows are the same, the bytes read differ by the group."""
+        self._lib.edge_namm_capture_set_device_mean(self._ptr, on)
+
+    @property
+    def bytes_read(self) -> int:
+        """Attention bytes row capture has read so far (off the device when there is one)."""
+        return int(self._lib.edge_namm_capture_bytes_read(self._ptr))
 
     def queries(self) -> np.ndarray:
         """Zero-copy view [n_layer, n_head, count, head_dim] of the queries captured so far."""

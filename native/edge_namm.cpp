@@ -38,10 +38,14 @@ struct edge_namm_capture {
     std::vector<float> q_rows;     // [n_layer][n_head][max_queries][head_dim], allocated on demand
     std::vector<float> kq_scale;   // softmax scale per layer
     std::vector<uint8_t> q_staging;
+    bool armed = false;
+    bool device_mean = true;       // GQA groups averaged by a graph node on the backend
+    uint64_t bytes_read = 0;       // attention bytes read by row capture (off the device, if any)
 };
 
 static const char * k_node_prefix = "kq_soft_max-";
 static const char * k_kq_prefix = "kq-";  // ggml_mul_mat(k, q): src[1] is the query the layer uses
+static const char * k_mean_prefix = "kq_group_mean-";  // our patch's per-GQA-group mean of kq_soft_max
 
 // The cell table edge-namm manages. A plain cache holds every layer; an iSWA cache (Gemma 2/3,
 // ...) keeps the sliding-window layers in a second, small cache that forgets on its own, so only
@@ -83,7 +87,8 @@ extern "C" const char * edge_namm_unsupported_reason(llama_context * ctx) {
     return nullptr;
 }
 
-// Folds one kq_soft_max tensor [n_kv, n_tokens, n_head, 1] into the capture rows.
+// Folds one kq_soft_max tensor [n_kv, n_tokens, n_head, 1], or its group mean [n_kv, n_tokens,
+// n_head_kv, 1] (then the group is 1 and the rows are copied as they are), into the capture rows.
 static void capture_softmax(edge_namm_capture * cap, ggml_tensor * t, int32_t layer) {
     if (layer < 0 || layer >= (int32_t) cap->slot_of.size()) {
         cap->overflow = true;
@@ -107,6 +112,7 @@ static void capture_softmax(edge_namm_capture * cap, ggml_tensor * t, int32_t la
         return;
     }
     const float * src = (const float *) t->data;
+    cap->bytes_read += ggml_nbytes(t);
     if (!ggml_backend_buffer_is_host(t->buffer)) {
         cap->staging.resize(ggml_nelements(t));
         ggml_backend_tensor_get(t, cap->staging.data(), 0, ggml_nbytes(t));
@@ -182,21 +188,31 @@ static bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * cap = (edge_namm_capture *) user_data;
     const size_t plen = std::strlen(k_node_prefix);
     const size_t qlen = std::strlen(k_kq_prefix);
-    const bool softmax = std::strncmp(t->name, k_node_prefix, plen) == 0;
-    const bool kq = cap->want_queries && std::strncmp(t->name, k_kq_prefix, qlen) == 0;
+    const size_t mlen = std::strlen(k_mean_prefix);
+    // the op as well as the name: views of a node inherit its name ("kq_soft_max-3 (view)")
+    const bool softmax = t->op == GGML_OP_SOFT_MAX && std::strncmp(t->name, k_node_prefix, plen) == 0;
+    const bool kq = cap->want_queries && t->op == GGML_OP_MUL_MAT &&
+                    std::strncmp(t->name, k_kq_prefix, qlen) == 0;
+    const bool mean = cap->want_rows && t->op == GGML_OP_SCALE &&
+                      std::strncmp(t->name, k_mean_prefix, mlen) == 0;
+    const bool rows_from_softmax = cap->want_rows && !cap->device_mean;
     // the softmax node is visited for its scale whenever queries are wanted
-    const bool wanted = (softmax && (cap->want_rows || cap->want_queries)) || kq;
+    const bool wanted = (softmax && (rows_from_softmax || cap->want_queries)) || kq || mean;
     if (ask) {
         return wanted;
     }
-    if (softmax) {
+    if (mean) {
+        if (cap->device_mean) {
+            capture_softmax(cap, t, std::atoi(t->name + mlen));
+        }
+    } else if (softmax) {
         const int32_t layer = std::atoi(t->name + plen);
         if (layer >= 0 && layer < (int32_t) cap->slot_of.size() && cap->slot_of[layer] >= 0) {
             float scale;
             std::memcpy(&scale, t->op_params, sizeof(float));
             cap->kq_scale[cap->slot_of[layer]] = scale;
         }
-        if (cap->want_rows) {
+        if (rows_from_softmax) {
             capture_softmax(cap, t, layer);
         }
     } else if (kq) {
@@ -242,9 +258,23 @@ extern "C" void edge_namm_capture_free(edge_namm_capture * cap) {
     delete cap;
 }
 
-extern "C" void edge_namm_capture_arm(edge_namm_capture * cap, bool armed) {
-    cap->ctx->set_eval_callback(armed ? capture_callback : nullptr, armed ? cap : nullptr);
+// The mean node exists only while rows are captured from it: other decodes run the stock graph.
+static void sync_group_mean(edge_namm_capture * cap) {
+    cap->ctx->set_attn_group_mean(cap->armed && cap->want_rows && cap->device_mean);
 }
+
+extern "C" void edge_namm_capture_arm(edge_namm_capture * cap, bool armed) {
+    cap->armed = armed;
+    cap->ctx->set_eval_callback(armed ? capture_callback : nullptr, armed ? cap : nullptr);
+    sync_group_mean(cap);
+}
+
+extern "C" void edge_namm_capture_set_device_mean(edge_namm_capture * cap, bool on) {
+    cap->device_mean = on;
+    sync_group_mean(cap);
+}
+
+extern "C" uint64_t edge_namm_capture_bytes_read(const edge_namm_capture * cap) { return cap->bytes_read; }
 
 extern "C" float * edge_namm_capture_data(edge_namm_capture * cap) { return cap->rows.data(); }
 
@@ -278,6 +308,7 @@ extern "C" void edge_namm_capture_set_modes(edge_namm_capture * cap, bool rows, 
     if (queries && cap->q_rows.empty()) {
         cap->q_rows.assign((size_t) cap->n_layer * cap->n_head * cap->max_queries * cap->head_dim, 0.0f);
     }
+    sync_group_mean(cap);
 }
 
 extern "C" float * edge_namm_capture_q_data(edge_namm_capture * cap) {

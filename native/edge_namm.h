@@ -9,7 +9,7 @@ extern "C" {
 #endif
 
 // Bumped whenever this API changes; Python refuses a library with another value.
-#define EDGE_NAMM_API_VERSION 4
+#define EDGE_NAMM_API_VERSION 5
 
 typedef struct edge_namm_capture edge_namm_capture;
 
@@ -40,6 +40,12 @@ LLAMA_API int32_t edge_namm_capture_layer(const edge_namm_capture * cap, int32_t
 LLAMA_API int32_t edge_namm_capture_n_head_kv(const edge_namm_capture * cap);
 LLAMA_API int32_t edge_namm_capture_n_cells(const edge_namm_capture * cap);
 LLAMA_API int32_t edge_namm_capture_max_queries(const edge_namm_capture * cap);
+// Where rows come from. On (the default), the graph averages each GQA group on the backend and
+// only that mean is read: n_head / n_head_kv times fewer bytes off a GPU. Off, the full softmax
+// is read and averaged on the host. Both give the same rows.
+LLAMA_API void    edge_namm_capture_set_device_mean(edge_namm_capture * cap, bool on);
+// Attention bytes row capture has read since the capture was made (device or host memory).
+LLAMA_API uint64_t edge_namm_capture_bytes_read(const edge_namm_capture * cap);
 
 // Writes the position held by each KV cell of seq_id's stream into out[0..n) (-1 = empty).
 // Returns the number of cells (KV size) or -1 if the cache is unsupported.

@@ -53,6 +53,44 @@ def test_tiny_capture_equals_independent_python_callback(
         ref.close()
 
 
+def _last_logits(llm: llama_cpp.Llama) -> np.ndarray:
+    """A copy of the logits of the last decoded token, as llama.cpp holds them."""
+    ptr = low.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
+def test_device_group_mean_gives_the_host_rows_and_reads_a_group_th(any_tiny):
+    """The graph's per-GQA-group mean (read by default) equals the host's mean of the whole
+    softmax bit for bit, reads n_head / n_head_kv times fewer bytes, and leaves logits alone."""
+    out = {}
+    for device_mean in (True, False):
+        llm = _llama(any_tiny)
+        cap = native.AttentionCapture(llm._ctx.ctx, max_queries=64)
+        try:
+            cap.set_device_mean(device_mean)
+            tokens = llm.tokenize(b"the quick brown fox jumps over the lazy dog " * 3)[:40]
+            cap.arm()
+            llm.eval(tokens)
+            logits = _last_logits(llm)
+            cap.disarm()  # the stock graph again: decoding goes on unchanged
+            llm.eval([tokens[0]])
+            after = _last_logits(llm)
+            out[device_mean] = (cap.rows().copy(), cap.bytes_read, logits, after)
+            group = low.llama_model_n_head(llm._model.model) // cap.n_head_kv
+        finally:
+            cap.close()
+            llm.close()
+    (dev, dev_bytes, dev_logits, dev_after), (host, host_bytes, host_logits, host_after) = (
+        out[True],
+        out[False],
+    )
+    assert group > 1 and dev.sum() > 0
+    np.testing.assert_array_equal(dev, host)
+    assert host_bytes == group * dev_bytes > 0
+    np.testing.assert_array_equal(dev_logits, host_logits)
+    np.testing.assert_array_equal(dev_after, host_after)
+
+
 def test_iswa_windowed_layer_keys_are_refused(tiny_gemma3):
     llm = _llama(tiny_gemma3)
     try:
