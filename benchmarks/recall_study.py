@@ -12,7 +12,8 @@ Rules (a rule = how a token's score is reduced over layers, heads and window que
 - max: the largest log-attention any query gives the token (the shipped rule).
 - mass: the attention the token would receive, summed over every (layer, head, query).
 - head-mass: per (layer, KV head), attention summed over the group's queries; the largest.
-Each rule is tried with several window lengths and pooling radii.
+Each rule is tried with several window lengths and pooling reaches (how many tokens before
+and after a well-scored token come back with it).
 
     python benchmarks/recall_study.py [--tasks niah,passkey] [--prompts 6] [--length 2048]
 """
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_model, machine, needle_prompt_args  # noqa: E402
 from needle_visibility import needle_span  # noqa: E402
 
-WINDOWS = (8, 16, 32, 64)
-RADII = (0, 4, 8, 16)
+WINDOWS = (16, 32)
+# (before, after): how far a recalled token's pooling reaches before and after it
+RADII = ((0, 0), (8, 8), (16, 16), (4, 12), (2, 14), (4, 20))
 
 
 def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
@@ -52,7 +54,9 @@ def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
     return out
 
 
-def coverage(cap: dict, rule: str, window: int, radius: int) -> tuple[float, float, bool]:
+def coverage(
+    cap: dict, rule: str, window: int, radius: tuple[int, int]
+) -> tuple[float, float, bool]:
     """(needle share, answer share, whole answer) hot after this rule's swaps."""
     from edge_namm.engine.recall import _grouped, choose_swaps, hot_normaliser, pool_neighbours
     from edge_namm.policies.selection import protected_mask
@@ -61,8 +65,7 @@ def coverage(cap: dict, rule: str, window: int, radius: int) -> tuple[float, flo
     lse = hot_normaliser(q, cap["hot_keys"], cap["n_head_kv"])
     hot = block_reduce(q, cap["hot_keys"], lse, cap["n_head_kv"], rule)
     cold = block_reduce(q, cap["cold_keys"], lse, cap["n_head_kv"], rule)
-    if radius:
-        cold = pool_neighbours(cold, cap["cold_logical"], radius)
+    cold = pool_neighbours(cold, cap["cold_logical"], *radius)
     protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
     out_hot, in_cold = choose_swaps(hot, cold, protected, cap["max_in"])
     kept = set(np.delete(cap["hot_logical"], out_hot).tolist())
@@ -85,7 +88,7 @@ def answer_span(builder, sample, mode: str) -> tuple[int, int]:
     return n_tokens(text[:at]), n_tokens(text[: at + len(sample.answers[0])])
 
 
-def capture(model: str, policy: str, builder, pairs, threads: int) -> list[dict]:
+def capture(model: str, policy: str, budget: str, builder, pairs, threads: int) -> list[dict]:
     """Prefill each prompt with recall on and keep recall's inputs instead of recalling."""
     from edge_namm import NammLlama
     from edge_namm.eval.budgets import parse_budget
@@ -93,9 +96,9 @@ def capture(model: str, policy: str, builder, pairs, threads: int) -> list[dict]
     caps = []
     for _, sample in pairs:
         prep = builder.prepare(sample, "after")
-        budget = parse_budget("0.25").resolve(prep.n_input)
+        cells = parse_budget(budget).resolve(prep.n_input)
         llm = NammLlama(
-            model, policy=policy, recall=True, recall_window=max(WINDOWS), budget=budget,
+            model, policy=policy, recall=True, recall_window=max(WINDOWS), budget=cells,
             n_threads=threads, n_threads_batch=threads,
         )  # fmt: skip
         mem = llm.memory
@@ -124,7 +127,7 @@ def capture(model: str, policy: str, builder, pairs, threads: int) -> list[dict]
             n_head_kv=mem.n_head_kv,
             n_sink=llm.policy.n_sink,
             n_recent=llm.policy.n_recent,
-            max_in=max(16, budget // 4),
+            max_in=max(16, cells // 4),
             needle=needle_span(builder, sample, "after"),
             answer=answer_span(builder, sample, "after"),
             sample=sample.sample_id,
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     needle_prompt_args(ap, prompts=6)
     ap.add_argument("--policy", default="namm")
+    ap.add_argument("--budget", default="0.25", help="hot budget: a fraction or cells")
+    ap.add_argument("--rules", default="max,mass,head-mass")
     args = ap.parse_args(argv)
 
     from edge_namm.eval.prompting import PromptBuilder
@@ -146,14 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     model = args.model or default_model()
     builder = PromptBuilder.from_model_path(model)
     pairs = training_samples(args.tasks.split(","), [args.length], args.prompts, args.seed, builder)
-    caps = capture(model, args.policy, builder, pairs, args.threads)
+    caps = capture(model, args.policy, args.budget, builder, pairs, args.threads)
     print(f"machine: {machine()}; {len(caps)} prompts of ~{args.length} tokens; {args.policy}")
-    print("| rule | window | radius | needle tokens hot | answer tokens hot | whole answer hot |")
+    print(f"budget {args.budget}")
+    print(
+        "| rule | window | pooling before, after | needle tokens hot | answer tokens hot | "
+        "whole answer hot |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
-    for rule, window, radius in itertools.product(("max", "mass", "head-mass"), WINDOWS, RADII):
+    for rule, window, radius in itertools.product(args.rules.split(","), WINDOWS, RADII):
         res = np.array([coverage(c, rule, window, radius) for c in caps])
         n, a, w = res.mean(axis=0)
-        print(f"| {rule} | {window} | {radius} | {n:.2f} | {a:.2f} | {w:.2f} |", flush=True)
+        reach = f"{radius[0]}, {radius[1]}"
+        print(f"| {rule} | {window} | {reach} | {n:.2f} | {a:.2f} | {w:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

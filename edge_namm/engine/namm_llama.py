@@ -116,7 +116,7 @@ class NammLlama(llama_cpp.Llama):
         reposition_limit: int | None = None,
         progress: bool = False,
         recall: bool = False,
-        recall_window: int = 16,
+        recall_window: int = 32,
         recall_redecode: int | None = None,
         recall_max: int | None = None,
         cold_budget: int | None = None,

@@ -15,8 +15,8 @@ out a needle (KVzip scores by the max too). No exponential over the cold store i
 
 A large cold store is first narrowed by page digests (Quest): per page of PAGE cold tokens the
 element-wise min and max key bound q . k from above by q+ . max + q- . min, and only the best
-pages are scored exactly. Cold scores are max-pooled over conversation neighbours, so a fact
-comes back with the words around it. The hot cache keeps its size: the best cold tokens (at
+pages are scored exactly. Cold scores are max-pooled over conversation neighbours (4 before a
+token, 12 after it), so a fact comes back with the words around it. The hot cache keeps its size: the best cold tokens (at
 most `recall_max`) swap in for the worst unprotected hot ones, then the window is decoded again
 so the answer sees them.
 """
@@ -28,7 +28,11 @@ import numpy as np
 PAGE = 16  # cold tokens per digest page
 EXACT_LIMIT = 4096  # cold stores up to this size are scored exactly, token by token
 TOP_PAGES = 64  # pages scored exactly when the digests narrow the search
-POOL_RADIUS = 8  # a recalled token brings its cold neighbours this close: a ~16-token fact
+# a recalled token brings the cold tokens this close before and after it: a ~16-token fact,
+# reaching further forward because a question points at a fact's key, and its value follows
+# ("the number for tulip is 2927248"; docs/experiments/2026-11-30-recall-rules.md)
+POOL_BEFORE = 4
+POOL_AFTER = 12
 
 
 def _grouped(queries: np.ndarray, scales: np.ndarray, n_head_kv: int) -> np.ndarray:
@@ -112,15 +116,16 @@ def recall_scores(
 
 
 def pool_neighbours(
-    scores: np.ndarray, logical: np.ndarray, radius: int = POOL_RADIUS
+    scores: np.ndarray, logical: np.ndarray, before: int = POOL_BEFORE, after: int = POOL_AFTER
 ) -> np.ndarray:
-    """Each cold token takes the best score of the cold tokens within `radius` conversation
-    positions of it (SnapKV pools the same way): a fact comes back as a phrase, not as the one
-    digit a query pointed at."""
+    """Each cold token takes the best score of the cold tokens from `before` conversation
+    positions after it back to `after` positions before it (SnapKV pools likewise): a recalled
+    token brings `before` tokens before it and `after` tokens after it, so a fact comes back as
+    a phrase, not as the one word a query pointed at."""
     order = np.argsort(logical, kind="stable")
     lg, sc = logical[order], scores[order]
     pooled = sc.copy()
-    for off in range(-radius, radius + 1):
+    for off in range(-after, before + 1):
         if off == 0:
             continue
         idx = np.searchsorted(lg, lg + off)
