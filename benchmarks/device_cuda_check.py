@@ -15,7 +15,10 @@ the same build, in one process:
   d) NammLlama(policy="namm") with a small budget on a prompt 8x the budget: cells after
      every update never exceed the budget, and generation works;
   e) prefill/decode tokens/s, plain Llama and NammLlama, CPU-only vs GPU;
-  f) ONNX Runtime's providers there and the one the namm scorer uses.
+  f) ONNX Runtime's providers there and the one the namm scorer uses; the default scorer on
+     --onnx-providers (CUDAExecutionProvider on the device) vs numpy;
+  h) end to end at --lengths input tokens, 25% budget: plain, full, namm, namm+recall (tokens/s,
+     NAMM share, attention bytes read per chunk, GPU memory).
 
     python benchmarks/device_cuda_check.py --preset smollm2-135m --out OUT   # on the GPU box
     python benchmarks/device_cuda_check.py --preset tiny --gpu-layers 0 --threads 1  # CPU smoke
@@ -63,7 +66,11 @@ class Report:
         self.out = out
         self.data: dict = {"checks": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
+    only: frozenset[str] = frozenset()  # run just these checks (--only); empty: all
+
     def run(self, name: str, fn, *args, **kwargs):
+        if self.only and name not in self.only:
+            return None
         print(f"--- {name}", flush=True)
         t0 = time.perf_counter()
         entry: dict = {}
@@ -485,6 +492,108 @@ def check_onnxruntime() -> dict:
     }
 
 
+def check_onnx_provider_parity(providers: str) -> dict:
+    """The default scorer scored by ONNX Runtime on `providers` (CUDA on the device) vs numpy,
+    on features the size of a SmolLM2 update at 1k cells (90 rows x 1,024 cells x 25)."""
+    from edge_namm.scorers.default import default_scorer_path
+    from edge_namm.scorers.file import load_scorer
+    from edge_namm.scorers.runtime import compile_scorer
+
+    scorer = load_scorer(default_scorer_path())
+    onnx = compile_scorer(scorer, backend="onnx", providers=providers)
+    x = np.random.default_rng(0).normal(size=(90, 1024, 25)).astype(np.float32)
+    ref, got = scorer.score(x), onnx.score(x)
+    onnx.score(x)  # warm
+    t0 = time.perf_counter()
+    onnx.score(x)
+    result = {
+        "requested": providers,
+        "provider": onnx.info().get("provider"),
+        "max_abs_diff_vs_numpy": float(np.abs(ref - got).max()),
+        "max_abs_score": float(np.abs(ref).max()),
+        "seconds_per_update": round(time.perf_counter() - t0, 4),
+    }
+    # float32 sums in another order: relative to the scores' scale, as tests/test_onnx.py
+    tolerance = 1e-4 * max(1.0, result["max_abs_score"])
+    expect(result, result["max_abs_diff_vs_numpy"] <= tolerance, "ONNX scores differ from numpy")
+    return result
+
+
+def gpu_memory_mib() -> int | None:
+    """GPU memory in use (nvidia-smi), None without a GPU."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return int(out.stdout.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def bench_lengths(args, model_path: str, ngl: int) -> dict:
+    """End to end at each of --lengths input tokens (+64 generated), 25% budget: plain
+    llama-cpp-python, NammLlama full cache, namm, namm+recall. Per run: tokens/s, the NAMM share
+    of the time, attention bytes read per capture chunk (what crosses from the GPU), GPU memory."""
+    from edge_namm import NammLlama
+    from edge_namm.eval.budgets import full_cache_cells
+
+    rows = []
+    for length in (int(x) for x in args.lengths.split(",")):
+        full_cells = full_cache_cells(length + 64 + 256)
+        runs = {
+            "plain": None,
+            "full": dict(policy="full", budget=full_cells),
+            "namm": dict(policy="namm", budget=length // 4),
+            "namm+recall": dict(policy="namm", budget=length // 4, recall=True),
+        }
+        for name, kw in runs.items():
+            common = dict(n_gpu_layers=ngl, n_threads=args.threads, verbose=False)
+            if kw is None:
+                llm = llama_cpp.Llama(
+                    model_path, n_ctx=full_cells, n_batch=512, n_ubatch=512, **common
+                )
+            else:
+                llm = NammLlama(model_path, n_threads_batch=args.threads, **kw, **common)
+            try:
+                vocab = min(llm.n_vocab(), 10_000)
+                tokens = np.random.default_rng(length).integers(259, vocab, length).tolist()
+                llm.eval(tokens[:32])  # warm-up
+                if kw is None:
+                    llm.reset()
+                else:
+                    llm.reset(stats=True)
+                cap = getattr(getattr(llm, "memory", None), "capture", None)
+                bytes0 = cap.bytes_read if cap is not None else 0
+                t0 = time.perf_counter()
+                llm.eval(tokens)
+                for i in range(64):
+                    llm.eval([tokens[i]])
+                seconds = time.perf_counter() - t0
+                row = {
+                    "length": length,
+                    "run": name,
+                    "tokens_per_s": round((length + 64) / seconds, 1),
+                }
+                row["seconds"] = round(seconds, 2)
+                row["gpu_memory_mib"] = gpu_memory_mib()
+                if kw is not None:
+                    st = llm.stats
+                    row["namm_share"] = round(st.seconds_namm / seconds, 3)
+                    if cap is not None:
+                        chunks = -(-length // llm.chunk)
+                        per_chunk = (cap.bytes_read - bytes0) / chunks / 2**20
+                        row["bytes_read_per_chunk_mib"] = round(per_chunk, 1)
+                    row["tokens_recalled"] = int(st.tokens_recalled)
+            finally:
+                llm.close()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"rows": rows}
+
+
 # --- driver ----------------------------------------------------------------------------------
 def write_markdown(report: Report) -> None:
     d = report.data
@@ -548,10 +657,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-gen", type=int, default=64)
     parser.add_argument("--bench-reps", type=int, default=3)
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument(
+        "--lengths",
+        default="4096,8192",
+        help="input lengths of the end-to-end benchmark ('' skips)",
+    )
+    parser.add_argument("--onnx-providers", default="auto", help="e.g. CUDAExecutionProvider")
+    parser.add_argument("--only", default="", help="comma list of checks to run (default: all)")
     parser.add_argument("--verbose-load", action="store_true")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report = Report(args.out)
+    report.only = frozenset(x for x in args.only.split(",") if x)
     report.data["args"] = {k: str(v) for k, v in vars(args).items()}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -588,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
             # again on the GPU, now that numba's kernels are compiled (d paid for that)
             report.run("e_namm_gpu", check_namm_budget, args, model_path, args.gpu_layers)
         report.run("f_onnxruntime", check_onnxruntime)
+        report.run("f_onnx_provider_parity", check_onnx_provider_parity, args.onnx_providers)
+        if args.lengths:
+            report.run("h_lengths", bench_lengths, args, model_path, args.gpu_layers)
         gemma = str(write_llama_gguf(Path(tmp) / "gemma3.gguf", **PRESETS["tiny-gemma3"]))
         report.run("g_iswa_gemma3_gpu", check_iswa, args, gemma, args.gpu_layers)
 

@@ -36,6 +36,11 @@ PRESETS: dict[str, dict] = {
     "smollm2-135m": dict(
         n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536, n_vocab=49152, dtype="f16"
     ),
+    # Llama-3.2-1B's geometry (16 layers, 2,048 wide, 32 query heads over 8 KV heads), a
+    # smaller vocabulary: long-context speed on a GPU at a 1B shape (~2.4 GB in F16)
+    "llama-1b": dict(
+        n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_vocab=32000, dtype="f16"
+    ),
     # Gemma 3's pattern: every 6th layer has full attention, the others a window
     "tiny-gemma3": dict(
         n_layer=12,
