@@ -7,8 +7,8 @@
 # prepare needs ./build.sh to have unpacked and patched the sdist (.build/llama_cpp_python-*)
 # and writes .cudasrc/llama_cpp_python-trimmed.tar.gz (~4 MB: no tests, docs, examples, tools,
 # vocab GGUFs or other backends; LLAMA_BUILD_TESTS/EXAMPLES/TOOLS/SERVER are off when
-# llama.cpp is a subdirectory) and .whl/ (gguf, diskcache for Python 3.12). Add /.cudasrc/ and
-# /.whl/ to .git/info/exclude and carry both.
+# llama.cpp is a subdirectory) and .whl/ (gguf, diskcache for Python 3.12), both git-ignored:
+# carry both.
 #
 # device: installs the wheels into /tmp/site, builds llama-cpp-python with
 #   -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=off
@@ -21,7 +21,7 @@
 #                           std::ostream calls bound to libggml-cuda's copy and llama_model's
 #                           print_info segfaulted while loading a model)
 # and runs the checks on a random SmolLM2-135M-shaped model; then, when the parts of the real
-# SmolLM2 Q4_1 are there (.carry/, written by prepare; add /.carry/ to .git/info/exclude), the
+# SmolLM2 Q4_1 are there (.carry/, written by prepare, git-ignored), the
 # NAMM, ONNX-on-CUDA and 4k/8k end-to-end checks on it, and with LONG=32768 the end-to-end
 # benchmark on a random Llama-3.2-1B-shaped model. Logs and results go to $OUT.
 set -uo pipefail
