@@ -16,9 +16,9 @@ out a needle (KVzip scores by the max too). No exponential over the cold store i
 A large cold store is first narrowed by page digests (Quest): per page of PAGE cold tokens the
 element-wise min and max key bound q . k from above by q+ . max + q- . min, and only the best
 pages are scored exactly. Cold scores are max-pooled over conversation neighbours (4 before a
-token, 12 after it), so a fact comes back with the words around it. The hot cache keeps its size: the best cold tokens (at
-most `recall_max`) swap in for the worst unprotected hot ones, then the window is decoded again
-so the answer sees them.
+token, 12 after it), so a fact comes back with the words around it. The hot cache keeps its
+size: the best cold tokens (at most `recall_max`) swap in for the worst unprotected hot ones,
+then the window is decoded again so the answer sees them.
 """
 
 from __future__ import annotations
