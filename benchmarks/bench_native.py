@@ -79,9 +79,9 @@ def main() -> None:
             cap.set_device_mean(mode != "armed, host mean")
             cap.arm(mode.startswith("armed"))
             before = cap.bytes_read
-            results[mode].append(run(llm, tokens, args.chunk, 0, c))
-            bytes_per_chunk[mode] = (cap.bytes_read - before) / n_chunks
-            results[mode][-1] = (results[mode][-1][0], run_decode(llm, tokens, args.decode, c))
+            prefill, _ = run(llm, tokens, args.chunk, 0, c)
+            bytes_per_chunk[mode] = (cap.bytes_read - before) / n_chunks  # prefill chunks only
+            results[mode].append((prefill, run_decode(llm, tokens, args.decode, c)))
     cap.disarm()
     print(f"machine: {machine()}; model: {args.model}")
     print(

@@ -38,16 +38,16 @@ RADII = ((0, 0), (8, 8), (16, 16), (4, 12), (2, 14), (4, 20))
 
 
 def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
-    """A token score per rule from grouped queries q [L, G, group*W, d] and keys [L, N, G*d]."""
-    from edge_namm.engine.recall import _blocks
+    """A token score per rule from grouped queries q [L, G, group*W, d] and keys [L, N, G*d];
+    "max" is the engine's own scoring."""
+    from edge_namm.engine.recall import _blocks, token_scores
 
-    n = keys.shape[1]
-    out = np.full(n, -np.inf) if rule in ("max", "head-mass") else np.zeros(n)
+    if rule == "max":
+        return token_scores(q, keys, lse, n_head_kv)
+    out = np.full(keys.shape[1], -np.inf) if rule == "head-mass" else np.zeros(keys.shape[1])
     for layer, g, k in _blocks(keys, n_head_kv):
         z = k @ q[layer, g].T - lse[layer, g]
-        if rule == "max":
-            out = np.maximum(out, z.max(axis=1))
-        elif rule == "mass":
+        if rule == "mass":
             out += np.exp(z).sum(axis=1)
         else:
             out = np.maximum(out, np.exp(z).sum(axis=1))
