@@ -193,7 +193,7 @@ static bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
     const bool softmax = t->op == GGML_OP_SOFT_MAX && std::strncmp(t->name, k_node_prefix, plen) == 0;
     const bool kq = cap->want_queries && t->op == GGML_OP_MUL_MAT &&
                     std::strncmp(t->name, k_kq_prefix, qlen) == 0;
-    const bool mean = cap->want_rows && t->op == GGML_OP_SCALE &&
+    const bool mean = cap->want_rows && cap->device_mean && t->op == GGML_OP_SCALE &&
                       std::strncmp(t->name, k_mean_prefix, mlen) == 0;
     const bool rows_from_softmax = cap->want_rows && !cap->device_mean;
     // the softmax node is visited for its scale whenever queries are wanted
@@ -202,9 +202,7 @@ static bool capture_callback(ggml_tensor * t, bool ask, void * user_data) {
         return wanted;
     }
     if (mean) {
-        if (cap->device_mean) {
-            capture_softmax(cap, t, std::atoi(t->name + mlen));
-        }
+        capture_softmax(cap, t, std::atoi(t->name + mlen));
     } else if (softmax) {
         const int32_t layer = std::atoi(t->name + plen);
         if (layer >= 0 && layer < (int32_t) cap->slot_of.size() && cap->slot_of[layer] >= 0) {
