@@ -12,6 +12,10 @@ Rules (a rule = how a token's score is reduced over layers, heads and window que
 - max: the largest log-attention any query gives the token (the shipped rule).
 - mass: the attention the token would receive, summed over every (layer, head, query).
 - head-mass: per (layer, KV head), attention summed over the group's queries; the largest.
+- max-coarse: "max" as the engine runs it on a large cold store: a coarse pass with the
+  window's newest 16 queries picks candidates, which are then scored exactly.
+- max-paged: "max" behind Quest-style page digests (min/max keys per page of 16 cold tokens
+  bound the score; only the 64 best pages are scored exactly), as the engine did before.
 Each rule is tried with several window lengths and pooling reaches (how many tokens before
 and after a well-scored token come back with it).
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import pickle
 import sys
 from pathlib import Path
 
@@ -42,7 +47,7 @@ def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
     "max" is the engine's own scoring."""
     from edge_namm.engine.recall import _blocks, token_scores
 
-    if rule == "max":
+    if rule in ("max", "max-paged", "max-coarse"):
         return token_scores(q, keys, lse, n_head_kv)
     out = np.full(keys.shape[1], -np.inf) if rule == "head-mass" else np.zeros(keys.shape[1])
     for layer, g, k in _blocks(keys, n_head_kv):
@@ -54,17 +59,90 @@ def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
     return out
 
 
+def paged_scores(q, keys, lse, n_head_kv, page=16, top_pages=64, exact_limit=4096) -> np.ndarray:
+    """Cold scores through Quest-style page digests (tried, then dropped from the engine):
+    above `exact_limit` tokens, each page of `page` cold tokens (store order) is bounded by
+    q . k <= q+ . max + q- . min, and only the `top_pages` best pages are scored exactly."""
+    from edge_namm.engine.recall import _blocks, token_scores
+
+    n = keys.shape[1]
+    if n <= exact_limit:
+        return token_scores(q, keys, lse, n_head_kv)
+    n_pages = -(-n // page)
+    padded = np.concatenate([keys, np.repeat(keys[:, -1:], n_pages * page - n, axis=1)], axis=1)
+    pages = padded.reshape(keys.shape[0], n_pages, page, -1).astype(np.float32)
+    bounds = np.full(n_pages, -np.inf, dtype=np.float32)
+    lows, highs = _blocks(pages.min(axis=2), n_head_kv), _blocks(pages.max(axis=2), n_head_kv)
+    for (layer, g, k_min), (_, _, k_max) in zip(lows, highs, strict=True):
+        qg = q[layer, g]
+        z = k_max @ np.maximum(qg, 0).T + k_min @ np.minimum(qg, 0).T - lse[layer, g]
+        np.maximum(bounds, z.max(axis=1), out=bounds)
+    best = np.sort(np.argsort(-bounds, kind="stable")[:top_pages])
+    index = (best[:, None] * page + np.arange(page)).ravel()
+    index = index[index < n]
+    out = np.full(n, -np.inf, dtype=np.float32)
+    out[index] = token_scores(q, keys[:, index], lse, n_head_kv)
+    return out
+
+
+def diagnose(cap: dict, window: int = 32, page: int = 16) -> str:
+    """Where the cold token the queries attend to most ranks among cold pages under the
+    digests' bound, and among cold tokens when only every 3rd or 5th layer is read."""
+    from edge_namm.engine.recall import _blocks, _grouped, hot_scores, newest_queries, token_scores
+
+    g = cap["n_head_kv"]
+    q = _grouped(cap["queries"][:, :, -window:], cap["scales"], g)
+    _, lse = hot_scores(q, cap["hot_keys"], g)
+    keys = cap["cold_keys"]
+    n_layer, n = keys.shape[:2]
+    exact = token_scores(q, keys, lse, g)
+    top = int(np.argmax(exact))
+    n_pages = n // page
+    pages = keys[:, : n_pages * page].reshape(n_layer, n_pages, page, -1)
+    bounds = np.full(n_pages, -np.inf, dtype=np.float32)
+    lows, highs = _blocks(pages.min(axis=2), g), _blocks(pages.max(axis=2), g)
+    for (layer, h, k_min), (_, _, k_max) in zip(lows, highs, strict=True):
+        qh = q[layer, h]
+        z = k_max @ np.maximum(qh, 0).T + k_min @ np.minimum(qh, 0).T - lse[layer, h]
+        np.maximum(bounds, z.max(axis=1), out=bounds)
+    page_rank = int((bounds > bounds[top // page]).sum())
+    ranks = []
+    for layers, newest in ((range(0, n_layer, 3), window), (range(0, n_layer, 5), window)):
+        q_new, lse_new = newest_queries(q, lse, window, newest)
+        sub = token_scores(q_new, keys, lse_new, g, layers)
+        ranks.append(int((sub > sub[top]).sum()))
+    for newest in (16, 8):
+        q_new, lse_new = newest_queries(q, lse, window, newest)
+        sub = token_scores(q_new, keys, lse_new, g)
+        ranks.append(int((sub > sub[top]).sum()))
+    return (
+        f"| {cap['sample']} | {n} | {exact[top]:.2f} | {page_rank} of {n_pages} | "
+        f"{' | '.join(map(str, ranks))} |"
+    )
+
+
 def coverage(
     cap: dict, rule: str, window: int, radius: tuple[int, int]
 ) -> tuple[float, float, bool]:
     """(needle share, answer share, whole answer) hot after this rule's swaps."""
-    from edge_namm.engine.recall import _grouped, choose_swaps, hot_normaliser, pool_neighbours
+    from edge_namm.engine.recall import (
+        _grouped,
+        choose_swaps,
+        cold_scores,
+        hot_normaliser,
+        pool_neighbours,
+    )
     from edge_namm.policies.selection import protected_mask
 
     q = _grouped(cap["queries"][:, :, -window:], cap["scales"], cap["n_head_kv"])
     lse = hot_normaliser(q, cap["hot_keys"], cap["n_head_kv"])
     hot = block_reduce(q, cap["hot_keys"], lse, cap["n_head_kv"], rule)
-    cold = block_reduce(q, cap["cold_keys"], lse, cap["n_head_kv"], rule)
+    if rule == "max-paged":
+        cold = paged_scores(q, cap["cold_keys"], lse, cap["n_head_kv"])
+    elif rule == "max-coarse":
+        cold = cold_scores(q, lse, cap["cold_keys"], cap["n_head_kv"], window)
+    else:
+        cold = block_reduce(q, cap["cold_keys"], lse, cap["n_head_kv"], rule)
     cold = pool_neighbours(cold, cap["cold_logical"], *radius)
     protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
     out_hot, in_cold = choose_swaps(hot, cold, protected, cap["max_in"])
@@ -143,6 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", default="namm")
     ap.add_argument("--budget", default="0.25", help="hot budget: a fraction or cells")
     ap.add_argument("--rules", default="max,mass,head-mass")
+    ap.add_argument(
+        "--captures", type=Path, default=None,
+        help="keep the captured inputs in this .pkl (reused when it exists: rules change, "
+        "prompts are not prefilled again)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     from edge_namm.eval.prompting import PromptBuilder
@@ -151,9 +234,25 @@ def main(argv: list[str] | None = None) -> None:
     model = args.model or default_model()
     builder = PromptBuilder.from_model_path(model)
     pairs = training_samples(args.tasks.split(","), [args.length], args.prompts, args.seed, builder)
-    caps = capture(model, args.policy, args.budget, builder, pairs, args.threads)
+    if args.captures is not None and args.captures.exists():
+        caps = pickle.loads(args.captures.read_bytes())
+    else:
+        caps = capture(model, args.policy, args.budget, builder, pairs, args.threads)
+        if args.captures is not None:
+            args.captures.write_bytes(pickle.dumps(caps))
     print(f"machine: {machine()}; {len(caps)} prompts of ~{args.length} tokens; {args.policy}")
     print(f"budget {args.budget}")
+    print("\nThe cold token the window attends to most: its rank (0 = first) under page digests")
+    print("and under coarse passes: every 3rd or 5th layer, or the window's newest 16 or 8")
+    print("queries only.\n")
+    print(
+        "| prompt | cold tokens | its score | its page's bound rank | layers 0,3,.. | 0,5,.. | "
+        "newest 16 | newest 8 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for cap in caps:
+        print(diagnose(cap), flush=True)
+    print()
     print(
         "| rule | window | pooling before, after | needle tokens hot | answer tokens hot | "
         "whole answer hot |"

@@ -12,7 +12,14 @@ import pytest
 from edge_namm import NammLlama, native
 from edge_namm.engine import EngineConfigError
 from edge_namm.engine.cold import ColdStoreError
-from edge_namm.engine.recall import EXACT_LIMIT, PAGE, TOP_PAGES, choose_swaps, recall_scores
+from edge_namm.engine.recall import (
+    CANDIDATES,
+    _grouped,
+    choose_swaps,
+    hot_scores,
+    recall_scores,
+    token_scores,
+)
 
 
 def _tokens(llm: NammLlama, n: int) -> list[int]:
@@ -54,18 +61,38 @@ def test_recall_scores_single_out_the_key_a_query_points_at():
     assert hot[17] > np.log(0.9) and np.all(hot <= 1e-5)
 
 
-def test_page_digests_find_the_needle_in_a_large_cold_store():
-    n = EXACT_LIMIT * 2
+def test_a_large_cold_store_is_narrowed_without_losing_the_needle():
+    n = CANDIDATES * 3
     queries, scales, keys, n_head_kv = _planted(n + 100, needle=100 + 5000)
     hot_keys, cold_keys = keys[:, :100], keys[:, 100:].astype(np.float16)
-    pages = cold_keys.astype(np.float32).reshape(2, n // PAGE, PAGE, -1)
-    digests = (pages.min(axis=2), pages.max(axis=2))
-    _, exact = recall_scores(queries, scales, hot_keys, cold_keys, n_head_kv)
-    _, paged = recall_scores(queries, scales, hot_keys, cold_keys, n_head_kv, digests)
-    assert int(np.argmax(paged)) == int(np.argmax(exact)) == 5000
-    assert np.isfinite(paged).sum() <= TOP_PAGES * PAGE
-    finite = np.isfinite(paged)
-    np.testing.assert_allclose(paged[finite], exact[finite], rtol=1e-5, atol=1e-5)
+    _, cold = recall_scores(queries, scales, hot_keys, cold_keys, n_head_kv)
+    q = _grouped(queries, scales, n_head_kv)
+    _, lse = hot_scores(q, hot_keys, n_head_kv)
+    exact = token_scores(q, cold_keys, lse, n_head_kv)
+    assert int(np.argmax(cold)) == int(np.argmax(exact)) == 5000
+    # only the coarse pass's candidates are scored, and those exactly
+    finite = np.isfinite(cold)
+    assert finite.sum() == CANDIDATES
+    np.testing.assert_allclose(cold[finite], exact[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_hot_scores_match_the_reference_softmax():
+    queries, scales, keys, n_head_kv = _planted(40, needle=7)
+    q = _grouped(queries, scales, n_head_kv)
+    hot, lse = hot_scores(q, keys, n_head_kv)
+    n_layer, _, n_q, d = q.shape
+    expected = np.full(40, -np.inf)
+    for layer in range(n_layer):
+        for g in range(n_head_kv):
+            logits = q[layer, g].astype(np.float64) @ keys[layer][:, g * d : (g + 1) * d].T
+            log_attn = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            np.testing.assert_allclose(
+                lse[layer, g],
+                logits.max(1) + np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)),
+                rtol=1e-5,
+            )
+            expected = np.maximum(expected, log_attn.max(axis=0))
+    np.testing.assert_allclose(hot, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_choose_swaps_only_trades_up_and_never_moves_protected():
@@ -180,10 +207,9 @@ def test_cold_dir_spills_to_memory_mapped_files(tiny_model, tmp_path):
     try:
         llm.eval(_tokens(llm, 300))
         assert llm.stats.cold_on_disk and llm.stats.cold_tokens > 0
-        llm.memory.cold.digests()
         files = list(tmp_path.rglob("*.bin"))
-        # K, V, scoring keys and the two page digests: not one file per token
-        assert {f.name for f in files} == {"k.bin", "v.bin", "keys.bin", "pmin.bin", "pmax.bin"}
+        # K, V and scoring keys: not one file per token
+        assert {f.name for f in files} == {"k.bin", "v.bin", "keys.bin"}
         assert sum(f.stat().st_size for f in files) >= llm.memory.cold.kv_bytes
     finally:
         llm.close()
@@ -352,27 +378,22 @@ def test_recalling_everything_makes_greedy_output_equal_to_full(model_path):
 
 
 @pytest.mark.parametrize("on_disk", [False, True])
-def test_cold_store_digests_stay_exact_through_adds_and_takes(tiny_model, tmp_path, on_disk):
+def test_cold_store_take_returns_those_entries_and_keeps_the_rest(tiny_model, tmp_path, on_disk):
     cold_dir = str(tmp_path) if on_disk else None
     llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_dir=cold_dir)
     try:
         llm.eval(_tokens(llm, 400))
         cold = llm.memory.cold
-        cold.take(np.array([3, 17, 40]))
-        lo, hi = cold.digests()
-        keys = cold.keys().astype(np.float32)
-        for p in range(lo.shape[1]):
-            block = keys[:, p * PAGE : (p + 1) * PAGE]
-            np.testing.assert_array_equal(lo[:, p], block.min(axis=1))
-            np.testing.assert_array_equal(hi[:, p], block.max(axis=1))
-        llm.eval(_tokens(llm, 200))  # more adds after a digest pass: only new pages change
-        lo, hi = cold.digests()
-        keys = cold.keys().astype(np.float32)
-        assert lo.shape[1] == -(-len(cold) // PAGE)
-        for p in range(lo.shape[1]):
-            block = keys[:, p * PAGE : (p + 1) * PAGE]
-            np.testing.assert_array_equal(lo[:, p], block.min(axis=1))
-            np.testing.assert_array_equal(hi[:, p], block.max(axis=1))
+        before = {int(lg): cold.keys()[:, i].copy() for i, lg in enumerate(cold.logical)}
+        index = np.array([3, 17, 40])
+        taken = cold.take(index)
+        assert len(cold) == len(before) - 3
+        for i, lg in enumerate(taken.logical):
+            np.testing.assert_array_equal(taken.keys[:, i], before.pop(int(lg)))
+        # the holes were filled by moving survivors: every survivor kept its own bytes
+        assert sorted(before) == sorted(cold.logical.tolist())
+        for i, lg in enumerate(cold.logical):
+            np.testing.assert_array_equal(cold.keys()[:, i], before[int(lg)])
     finally:
         llm.close()
 

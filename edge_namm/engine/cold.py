@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_namm.engine.recall import PAGE
 from edge_namm.native import CellLayout
 
 _META = ("rot_pos", "pos", "logical", "tokens", "score")
@@ -135,10 +134,6 @@ class ColdStore:
             self._folder = self._open_folder(Path(cold_dir))
         self._arrays = self._new_arrays(self._folder)
         self.n = 0
-        # page digests grow with the store too: with cold_dir they live on disk as well, so the
-        # resident memory of a long conversation stays flat
-        self._digests = self._new_digests(self._folder)
-        self._dirty: set[int] = set()
         self.rot_pos = np.empty(0, dtype=np.int64)
         self.pos = np.empty(0, dtype=np.int64)
         self.logical = np.empty(0, dtype=np.int64)
@@ -153,10 +148,6 @@ class ColdStore:
             "keys": (lay.n_embd_k, np.dtype(np.float16)),
         }
         return _Arrays(lay.n_layer, widths, folder)
-
-    def _new_digests(self, folder: Path | None) -> _Arrays:
-        width = (self.layout.n_embd_k, np.dtype(np.float32))
-        return _Arrays(self.layout.n_layer, {"pmin": width, "pmax": width}, folder)
 
     def _open_folder(self, cold_dir: Path) -> Path | None:
         """A private folder under cold_dir, or None (RAM) with a warning when it is unusable."""
@@ -198,52 +189,9 @@ class ColdStore:
         """Scoring keys of every cold token, [n_layer, n, n_embd_k] float16 (a view)."""
         return self._arrays.data["keys"][:, : self.n]
 
-    def digests(self) -> tuple[np.ndarray, np.ndarray]:
-        """Element-wise (min, max) of the scoring keys per page of PAGE cold tokens in store
-        order, float32 [n_layer, n_pages, n_embd_k]; kept up to date lazily."""
-        n_pages = -(-self.n // PAGE)
-        lay = self.layout
-        dig = self._digests
-        if dig.capacity < n_pages:
-            used = dig.capacity
-            try:
-                dig.grow(n_pages, used)
-            except OSError:  # disk full or gone: digests in RAM, recomputed from the keys
-                self._digests = dig = self._new_digests(None)
-                dig.grow(n_pages, 0)
-                used = 0
-            self._dirty.update(range(used, n_pages))
-        pmin, pmax = dig.data["pmin"], dig.data["pmax"]
-        dirty = sorted(p for p in self._dirty if p < n_pages)
-        keys = self._arrays.data["keys"]
-        # a run of whole pages at once, the rest (holes left by take, the last page) one by one
-        full = [p for p in dirty if (p + 1) * PAGE <= self.n]
-        runs = np.split(np.asarray(full), np.flatnonzero(np.diff(full) != 1) + 1) if full else []
-        for run in runs:
-            a, b = int(run[0]), int(run[-1]) + 1
-            # numpy reduces float16 element by element in software: ~8x faster in float32
-            block = keys[:, a * PAGE : b * PAGE].reshape(lay.n_layer, b - a, PAGE, -1)
-            block = block.astype(np.float32)
-            pmin[:, a:b] = block.min(axis=2)
-            pmax[:, a:b] = block.max(axis=2)
-        for p in set(dirty) - set(full):
-            block = keys[:, p * PAGE : min((p + 1) * PAGE, self.n)].astype(np.float32)
-            pmin[:, p] = block.min(axis=1)
-            pmax[:, p] = block.max(axis=1)
-        self._dirty.clear()
-        self._arrays.release()
-        dig.release()
-        return pmin[:, :n_pages], pmax[:, :n_pages]
-
     def release(self) -> None:
         """Drop the pages a scoring pass read from this process (with cold_dir)."""
         self._arrays.release()
-        self._digests.release()
-
-    def _mark(self, start: int, end: int) -> None:
-        """Entries [start, end) changed: their pages' digests are stale."""
-        if end > start:
-            self._dirty.update(range(start // PAGE, (end - 1) // PAGE + 1))
 
     # --- moving tokens in and out ------------------------------------------------------------
     def add(self, batch: ColdBatch) -> None:
@@ -270,7 +218,6 @@ class ColdStore:
         self.logical = np.r_[self.logical, batch.logical.astype(np.int64)]
         self.tokens = np.r_[self.tokens, batch.tokens.astype(np.int32)]
         self.score = np.r_[self.score, batch.score.astype(np.float32)]
-        self._mark(self.n, end)
         self.n = end
         self._arrays.release()
         if self.cold_budget is not None and self.n > self.cold_budget:
@@ -302,9 +249,6 @@ class ColdStore:
         if len(movers):
             for arr in d.values():
                 arr[:, holes] = arr[:, movers]
-            for h in holes:
-                self._mark(int(h), int(h) + 1)
-        self._mark(new_n, self.n)
         for name in _META:
             a = getattr(self, name)
             a[holes] = a[movers]
@@ -367,6 +311,5 @@ class ColdStore:
 
     def close(self) -> None:
         self._arrays = self._new_arrays(None)
-        self._digests = self._new_digests(None)
         self._remove_folder()
         self.n = 0

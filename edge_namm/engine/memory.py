@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_namm import native
 from edge_namm.engine.cold import ColdBatch, ColdStore
-from edge_namm.engine.recall import EXACT_LIMIT, choose_swaps, pool_neighbours, recall_scores
+from edge_namm.engine.recall import choose_swaps, pool_neighbours, recall_scores
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
@@ -260,7 +260,6 @@ class KVMemory:
             self.read_keys(view.cells),
             cold.keys(),
             self.n_head_kv,
-            digests=cold.digests() if len(cold) > EXACT_LIMIT else None,
         )
         cold.release()
         protected = protected_mask(

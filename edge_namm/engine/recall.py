@@ -13,21 +13,25 @@ largest log-attention any of those queries gives it:
 token would get next to the hot tokens; the max keeps the sharp retrieval heads that single
 out a needle (KVzip scores by the max too). No exponential over the cold store is needed.
 
-A large cold store is first narrowed by page digests (Quest): per page of PAGE cold tokens the
-element-wise min and max key bound q . k from above by q+ . max + q- . min, and only the best
-pages are scored exactly. Cold scores are max-pooled over conversation neighbours (4 before a
-token, 12 after it), so a fact comes back with the words around it. The hot cache keeps its
-size: the best cold tokens (at most `recall_max`) swap in for the worst unprotected hot ones,
-then the window is decoded again so the answer sees them.
+A large cold store is first narrowed by a coarse pass with the window's last COARSE_QUERIES
+queries only, every layer and head; the CANDIDATES best cold tokens are then scored exactly.
+(Quest-style page digests, per-page min/max keys, were tried and dropped: on SmolLM2 at 8k
+their bound ranked the needle's page anywhere from 2nd to 260th of 384 pages, while the last 16
+queries ranked the needle's best token in the top 9; docs/experiments/2026-11-30-recall-8k.md.)
+
+Cold scores are max-pooled over conversation neighbours (4 before a token, 12 after it), so a
+fact comes back with the words around it. The hot cache keeps its size: the best cold tokens
+(at most `recall_max`) swap in for the worst unprotected hot ones, then the window is decoded
+again so the answer sees them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PAGE = 16  # cold tokens per digest page
-EXACT_LIMIT = 4096  # cold stores up to this size are scored exactly, token by token
-TOP_PAGES = 64  # pages scored exactly when the digests narrow the search
+COARSE_QUERIES = 16  # window queries (the newest) the coarse pass over a large cold store uses
+CANDIDATES = 2048  # cold tokens the coarse pass hands on to exact scoring
+TILE = 2048  # cold tokens scored at once: the [queries x TILE] logits stay in cache
 # a recalled token brings the cold tokens this close before and after it: a ~16-token fact,
 # reaching further forward because a question points at a fact's key, and its value follows
 # ("the number for tulip is 2927248"; docs/experiments/2026-11-30-recall-rules.md)
@@ -55,38 +59,77 @@ def _blocks(keys: np.ndarray, n_head_kv: int):
 
 def hot_normaliser(q: np.ndarray, hot_keys: np.ndarray, n_head_kv: int) -> np.ndarray:
     """Each query's log-sum-exp over the hot tokens, [L, n_head_kv, group * W]."""
-    out = np.empty(q.shape[:3], dtype=np.float32)
+    return hot_scores(q, hot_keys, n_head_kv)[1]
+
+
+def hot_scores(
+    q: np.ndarray, hot_keys: np.ndarray, n_head_kv: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(token_scores of the hot tokens [n_hot], their log-sum-exp per query [L, n_head_kv,
+    group * W]) from one product q . k per block: the normaliser and the hot scores read the
+    same logits, so computing them together halves the hot cache's share of a recall."""
+    lse = np.empty(q.shape[:3], dtype=np.float32)
+    best = np.full(hot_keys.shape[1], -np.inf, dtype=np.float32)
     for layer, g, k in _blocks(hot_keys, n_head_kv):
-        s = k @ q[layer, g].T
-        peak = s.max(axis=0)
-        out[layer, g] = peak + np.log(np.exp(s - peak).sum(axis=0))
-    return out
+        s = q[layer, g] @ k.T  # [queries, tokens]: reductions run along long rows
+        peak = s.max(axis=1, keepdims=True)
+        norm = peak + np.log(np.exp(s - peak).sum(axis=1, keepdims=True))
+        lse[layer, g] = norm[:, 0]
+        s -= norm
+        np.maximum(best, s.max(axis=0), out=best)
+    return best, lse
 
 
-def token_scores(q: np.ndarray, keys: np.ndarray, lse: np.ndarray, n_head_kv: int) -> np.ndarray:
-    """score[t] = max over layers, heads and window queries of the log-attention, [N]. One
-    (layer, KV head) block at a time, so the temporaries stay small."""
-    best = np.full(keys.shape[1], -np.inf, dtype=np.float32)
-    for layer, g, k in _blocks(keys, n_head_kv):
-        z = k @ q[layer, g].T
-        z -= lse[layer, g]
-        np.maximum(best, z.max(axis=1), out=best)
-    return best
-
-
-def page_bounds(
-    q: np.ndarray, page_min: np.ndarray, page_max: np.ndarray, lse: np.ndarray, n_head_kv: int
+def token_scores(
+    q: np.ndarray,
+    keys: np.ndarray,
+    lse: np.ndarray,
+    n_head_kv: int,
+    layers: range | None = None,
 ) -> np.ndarray:
-    """Upper bound of each page's token scores from its min/max keys [L, P, n_head_kv * d]:
-    q . k <= q+ . max + q- . min for every k of the page."""
-    best = np.full(page_min.shape[1], -np.inf, dtype=np.float32)
-    maxes = _blocks(page_max, n_head_kv)
-    for (layer, g, k_min), (_, _, k_max) in zip(_blocks(page_min, n_head_kv), maxes, strict=True):
-        qg = q[layer, g]
-        z = k_max @ np.maximum(qg, 0).T + k_min @ np.minimum(qg, 0).T
-        z -= lse[layer, g]
-        np.maximum(best, z.max(axis=1), out=best)
+    """score[t] = max over `layers` (default all), heads and window queries of the
+    log-attention, [N]. TILE tokens at a time, so the logits stay small and in cache."""
+    n_layer, n, width = keys.shape
+    d = width // n_head_kv
+    best = np.full(n, -np.inf, dtype=np.float32)
+    for start in range(0, n, TILE):
+        part = best[start : start + TILE]
+        for layer in range(n_layer) if layers is None else layers:
+            k = keys[layer, start : start + TILE].astype(np.float32, copy=False)
+            for g in range(n_head_kv):
+                z = q[layer, g] @ k[:, g * d : (g + 1) * d].T
+                z -= lse[layer, g][:, None]
+                np.maximum(part, z.max(axis=0), out=part)
     return best
+
+
+def newest_queries(
+    q: np.ndarray, lse: np.ndarray, window: int, newest: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The grouped queries [L, G, group * window, d] and their normalisers [L, G, group *
+    window] of the `newest` window positions only."""
+    n_layer, n_kv, width, d = q.shape
+    part = (n_layer, n_kv, width // window)
+    newest = min(newest, window)
+    q_new = q.reshape(*part, window, d)[:, :, :, -newest:].reshape(n_layer, n_kv, -1, d)
+    lse_new = lse.reshape(*part, window)[:, :, :, -newest:].reshape(n_layer, n_kv, -1)
+    return q_new, lse_new
+
+
+def cold_scores(
+    q: np.ndarray, lse: np.ndarray, cold_keys: np.ndarray, n_head_kv: int, window: int
+) -> np.ndarray:
+    """token_scores of the cold tokens; past CANDIDATES of them, only those a coarse pass (the
+    newest COARSE_QUERIES queries) ranks best are scored exactly, the others score -inf."""
+    n_cold = cold_keys.shape[1]
+    if n_cold <= CANDIDATES:
+        return token_scores(q, cold_keys, lse, n_head_kv)
+    q_new, lse_new = newest_queries(q, lse, window, COARSE_QUERIES)
+    coarse = token_scores(q_new, cold_keys, lse_new, n_head_kv)
+    index = np.sort(np.argpartition(-coarse, CANDIDATES)[:CANDIDATES])
+    out = np.full(n_cold, -np.inf, dtype=np.float32)
+    out[index] = token_scores(q, cold_keys[:, index], lse, n_head_kv)
+    return out
 
 
 def recall_scores(
@@ -95,24 +138,12 @@ def recall_scores(
     hot_keys: np.ndarray,
     cold_keys: np.ndarray,
     n_head_kv: int,
-    digests: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(hot scores [n_hot], cold scores [n_cold]) from queries [L, H, W, d], softmax scales [L],
-    keys [L, n, n_head_kv * d] (cold keys may be float16) and optional page digests (min, max)
-    of the cold keys; cold tokens outside the best pages score -inf."""
+    """(hot scores [n_hot], cold scores [n_cold]) from queries [L, H, W, d], softmax scales [L]
+    and keys [L, n, n_head_kv * d] (cold keys may be float16)."""
     q = _grouped(queries, scales, n_head_kv)
-    lse = hot_normaliser(q, hot_keys, n_head_kv)
-    hot = token_scores(q, hot_keys, lse, n_head_kv)
-    n_cold = cold_keys.shape[1]
-    if digests is None or n_cold <= EXACT_LIMIT:
-        return hot, token_scores(q, cold_keys, lse, n_head_kv)
-    bounds = page_bounds(q, digests[0], digests[1], lse, n_head_kv)
-    best = np.sort(np.argsort(-bounds, kind="stable")[:TOP_PAGES])
-    index = (best[:, None] * PAGE + np.arange(PAGE)).ravel()
-    index = index[index < n_cold]
-    cold = np.full(n_cold, -np.inf, dtype=np.float32)
-    cold[index] = token_scores(q, cold_keys[:, index], lse, n_head_kv)
-    return hot, cold
+    hot, lse = hot_scores(q, hot_keys, n_head_kv)
+    return hot, cold_scores(q, lse, cold_keys, n_head_kv, queries.shape[2])
 
 
 def pool_neighbours(
