@@ -122,9 +122,10 @@ def diagnose(cap: dict, window: int = 32, page: int = 16) -> str:
 
 
 def coverage(
-    cap: dict, rule: str, window: int, radius: tuple[int, int]
+    cap: dict, rule: str, window: int, radius: tuple[int, int], max_in: int | None = None
 ) -> tuple[float, float, bool]:
-    """(needle share, answer share, whole answer) hot after this rule's swaps."""
+    """(needle share, answer share, whole answer) hot after this rule's swaps (at most
+    `max_in` tokens come back; default: the engine's budget / 4)."""
     from edge_namm.engine.recall import (
         _grouped,
         choose_swaps,
@@ -145,7 +146,7 @@ def coverage(
         cold = block_reduce(q, cap["cold_keys"], lse, cap["n_head_kv"], rule)
     cold = pool_neighbours(cold, cap["cold_logical"], *radius)
     protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
-    out_hot, in_cold = choose_swaps(hot, cold, protected, cap["max_in"])
+    out_hot, in_cold = choose_swaps(hot, cold, protected, max_in or cap["max_in"])
     kept = set(np.delete(cap["hot_logical"], out_hot).tolist())
     kept |= set(cap["cold_logical"][in_cold].tolist())
     (a, e), (va, ve) = cap["needle"], cap["answer"]
@@ -206,6 +207,7 @@ def capture(model: str, policy: str, budget: str, builder, pairs, threads: int) 
             n_sink=llm.policy.n_sink,
             n_recent=llm.policy.n_recent,
             max_in=max(16, cells // 4),
+            cells=cells,
             needle=needle_span(builder, sample, "after"),
             answer=answer_span(builder, sample, "after"),
             sample=sample.sample_id,
@@ -221,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", default="namm")
     ap.add_argument("--budget", default="0.25", help="hot budget: a fraction or cells")
     ap.add_argument("--rules", default="max,mass,head-mass")
+    ap.add_argument(
+        "--recall-max", default="0.25",
+        help="caps on the tokens one recall brings back, as shares of the budget (the engine's "
+        "default: 0.25)",
+    )  # fmt: skip
     ap.add_argument(
         "--captures", type=Path, default=None,
         help="keep the captured inputs in this .pkl (reused when it exists: rules change, "
@@ -254,15 +261,27 @@ def main(argv: list[str] | None = None) -> None:
         print(diagnose(cap), flush=True)
     print()
     print(
-        "| rule | window | pooling before, after | needle tokens hot | answer tokens hot | "
-        "whole answer hot |"
+        "| rule | recall_max | window | pooling before, after | needle tokens hot | "
+        "answer tokens hot | whole answer hot |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    for rule, window, radius in itertools.product(args.rules.split(","), WINDOWS, RADII):
-        res = np.array([coverage(c, rule, window, radius) for c in caps])
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    shares = [float(x) for x in args.recall_max.split(",")]
+    grid = itertools.product(args.rules.split(","), shares, WINDOWS, RADII)
+    for rule, share, window, radius in grid:
+        res = np.array(
+            [
+                coverage(
+                    c, rule, window, radius, max(16, int(share * c.get("cells", 4 * c["max_in"])))
+                )
+                for c in caps
+            ]
+        )
         n, a, w = res.mean(axis=0)
         reach = f"{radius[0]}, {radius[1]}"
-        print(f"| {rule} | {window} | {reach} | {n:.2f} | {a:.2f} | {w:.2f} |", flush=True)
+        print(
+            f"| {rule} | budget x {share:g} | {window} | {reach} | {n:.2f} | {a:.2f} | {w:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
