@@ -122,16 +122,23 @@ def diagnose(cap: dict, window: int = 32, page: int = 16) -> str:
 
 
 def coverage(
-    cap: dict, rule: str, window: int, radius: tuple[int, int], max_in: int | None = None
+    cap: dict,
+    rule: str,
+    window: int,
+    radius: tuple[int, int],
+    max_in: int | None = None,
+    pooling: str = "cold",
 ) -> tuple[float, float, bool]:
     """(needle share, answer share, whole answer) hot after this rule's swaps (at most
-    `max_in` tokens come back; default: the engine's budget / 4)."""
+    `max_in` tokens come back; default: the engine's budget / 4). `pooling`: "cold" pools cold
+    scores among cold tokens only, "joint" pools hot and cold tokens together."""
     from edge_namm.engine.recall import (
         _grouped,
         choose_swaps,
         cold_scores,
         hot_normaliser,
         pool_neighbours,
+        pool_tiers,
     )
     from edge_namm.policies.selection import protected_mask
 
@@ -144,7 +151,10 @@ def coverage(
         cold = cold_scores(q, lse, cap["cold_keys"], cap["n_head_kv"], window)
     else:
         cold = block_reduce(q, cap["cold_keys"], lse, cap["n_head_kv"], rule)
-    cold = pool_neighbours(cold, cap["cold_logical"], *radius)
+    if pooling == "joint":
+        hot, cold = pool_tiers(hot, cap["hot_logical"], cold, cap["cold_logical"], *radius)
+    else:
+        cold = pool_neighbours(cold, cap["cold_logical"], *radius)
     protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
     out_hot, in_cold = choose_swaps(hot, cold, protected, max_in or cap["max_in"])
     kept = set(np.delete(cap["hot_logical"], out_hot).tolist())
@@ -224,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", default="0.25", help="hot budget: a fraction or cells")
     ap.add_argument("--rules", default="max,mass,head-mass")
     ap.add_argument(
+        "--pooling", default="cold",
+        help="cold: pool cold scores among cold tokens only; joint: hot and cold together",
+    )  # fmt: skip
+    ap.add_argument(
         "--recall-max", default="0.25",
         help="caps on the tokens one recall brings back, as shares of the budget (the engine's "
         "default: 0.25)",
@@ -261,25 +275,23 @@ def main(argv: list[str] | None = None) -> None:
         print(diagnose(cap), flush=True)
     print()
     print(
-        "| rule | recall_max | window | pooling before, after | needle tokens hot | "
-        "answer tokens hot | whole answer hot |"
+        "| rule | pooled among | recall_max | window | pooling before, after | "
+        "needle tokens hot | answer tokens hot | whole answer hot |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     shares = [float(x) for x in args.recall_max.split(",")]
-    grid = itertools.product(args.rules.split(","), shares, WINDOWS, RADII)
-    for rule, share, window, radius in grid:
-        res = np.array(
-            [
-                coverage(
-                    c, rule, window, radius, max(16, int(share * c.get("cells", 4 * c["max_in"])))
-                )
-                for c in caps
-            ]
-        )
+    grid = itertools.product(args.rules.split(","), args.pooling.split(","), shares, WINDOWS, RADII)
+    for rule, pooling, share, window, radius in grid:
+        res = []
+        for c in caps:
+            cap_in = max(16, int(share * c.get("cells", 4 * c["max_in"])))
+            res.append(coverage(c, rule, window, radius, cap_in, pooling))
+        res = np.array(res)
         n, a, w = res.mean(axis=0)
         reach = f"{radius[0]}, {radius[1]}"
         print(
-            f"| {rule} | budget x {share:g} | {window} | {reach} | {n:.2f} | {a:.2f} | {w:.2f} |",
+            f"| {rule} | {pooling} | budget x {share:g} | {window} | {reach} | "
+            f"{n:.2f} | {a:.2f} | {w:.2f} |",
             flush=True,
         )
 

@@ -17,6 +17,7 @@ from edge_namm.engine.recall import (
     _grouped,
     choose_swaps,
     hot_scores,
+    pool_tiers,
     recall_scores,
     token_scores,
 )
@@ -93,6 +94,19 @@ def test_hot_scores_match_the_reference_softmax():
             )
             expected = np.maximum(expected, log_attn.max(axis=0))
     np.testing.assert_allclose(hot, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fact_split_between_the_tiers_is_pooled_across_them():
+    # the key ("tulip", logical 10) stayed hot and scores high; its value (11-16) went cold
+    hot_logical = np.array([0, 7, 10, 40])
+    hot = np.array([-9.0, -9.0, 3.0, -9.0])
+    cold_logical = np.array([11, 12, 16, 30, 5])
+    cold = np.full(5, -9.0)
+    pooled_hot, pooled_cold = pool_tiers(hot, hot_logical, cold, cold_logical)
+    # the value follows the key and comes back with it; far tokens do not
+    np.testing.assert_array_equal(pooled_cold, [3.0, 3.0, 3.0, -9.0, -9.0])
+    # a hot token up to 4 before a high scorer shares its score and is not swapped out
+    np.testing.assert_array_equal(pooled_hot, [-9.0, 3.0, 3.0, -9.0])
 
 
 def test_choose_swaps_only_trades_up_and_never_moves_protected():

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_namm import native
 from edge_namm.engine.cold import ColdBatch, ColdStore
-from edge_namm.engine.recall import choose_swaps, pool_neighbours, recall_scores
+from edge_namm.engine.recall import choose_swaps, pool_tiers, recall_scores
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
@@ -265,7 +265,9 @@ class KVMemory:
         protected = protected_mask(
             view.n, self.policy.n_sink, max(self.policy.n_recent, n_protect_recent)
         )
-        cold_scores = pool_neighbours(cold_scores, cold.logical)
+        hot_scores, cold_scores = pool_tiers(
+            hot_scores, self._logical[view.cells], cold_scores, cold.logical
+        )
         out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected, max_in)
         n = len(in_cold)
         if n:

@@ -19,8 +19,9 @@ queries only, every layer and head; the CANDIDATES best cold tokens are then sco
 their bound ranked the needle's page anywhere from 2nd to 260th of 384 pages, while the last 16
 queries ranked the needle's best token in the top 9; docs/experiments/2026-11-30-recall-8k.md.)
 
-Cold scores are max-pooled over conversation neighbours (4 before a token, 12 after it), so a
-fact comes back with the words around it. The hot cache keeps its size: the best cold tokens
+Scores are max-pooled over conversation neighbours (4 before a token, 12 after it), hot and
+cold tokens together, so a fact comes back with the words around it, also when its key stayed
+hot and only its value went cold. The hot cache keeps its size: the best cold tokens
 (at most `recall_max`) swap in for the worst unprotected hot ones, then the window is decoded
 again so the answer sees them.
 """
@@ -166,6 +167,21 @@ def pool_neighbours(
     out = np.empty_like(pooled)
     out[order] = pooled
     return out
+
+
+def pool_tiers(
+    hot: np.ndarray,
+    hot_logical: np.ndarray,
+    cold: np.ndarray,
+    cold_logical: np.ndarray,
+    before: int = POOL_BEFORE,
+    after: int = POOL_AFTER,
+) -> tuple[np.ndarray, np.ndarray]:
+    """pool_neighbours over the hot and cold tokens together, split back into (hot, cold): a
+    fact whose key stayed hot while its value went cold comes back whole, and the hot words
+    next to a well-scored token are not the ones swapped out."""
+    pooled = pool_neighbours(np.r_[hot, cold], np.r_[hot_logical, cold_logical], before, after)
+    return pooled[: len(hot)], pooled[len(hot) :]
 
 
 def choose_swaps(
