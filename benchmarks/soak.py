@@ -147,12 +147,15 @@ def soak_chat(args) -> list[dict]:
     )
     child.expect("> ")
     rows, tokens = [], 0
-    status = re.compile(r"\[kv (\d+) cells .*?seen (\d+)")
+    status = re.compile(
+        r"\[kv (\d+) cells .*?seen (\d+) evicted \d+(?: \| cold (\d+) tok.*?recalled (\d+))?"
+    )
     for t, text in enumerate(_turns(10**9)):
         t0 = time.perf_counter()
         child.sendline(text.replace("\n", " "))
         child.expect(status)
         cells, seen = int(child.match.group(1)), int(child.match.group(2))
+        cold, recalled = (int(g) if g else 0 for g in child.match.group(3, 4))
         child.expect("> ")
         wall = time.perf_counter() - t0
         rows.append(
@@ -163,6 +166,8 @@ def soak_chat(args) -> list[dict]:
                 wall_s=wall,
                 s_per_token=wall / max(1, seen - tokens),
                 cells=cells,
+                cold_tokens=cold,
+                recalled=recalled,
                 rss_mib=_rss_mib(child.pid),
             )
         )
@@ -246,6 +251,10 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
     axes[1].set_ylabel("RSS (MiB)")
     axes[2].plot(x, [1000 * r["s_per_token"] for r in rows], lw=0.5)
     axes[2].set_ylabel("ms per new token")
+    if any(r.get("cold_tokens") for r in rows):  # recall's work grows with the cold store
+        cold = axes[2].twinx()
+        cold.plot(x, [r.get("cold_tokens", 0) / 1000 for r in rows], color="tab:orange", lw=0.8)
+        cold.set_ylabel("cold store (k tokens)", color="tab:orange")
     for ax in axes:
         ax.set_xlabel("conversation length (k tokens)")
     axes[0].legend()
