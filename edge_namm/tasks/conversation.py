@@ -21,7 +21,9 @@ MESSAGE_OVERHEAD = 6  # tokens a chat template adds around one message (ChatML: 
 
 
 def _fact(key: str, value: str) -> str:
-    return f"Please remember this for later: the code for my {key} is {value}."
+    # worded like niah's needle: a small model read "the code for my ..." as a request for
+    # program code and failed the task even with the full cache
+    return f"Please remember this for later: the special magic number for {key} is {value}."
 
 
 def _plain(messages: list[dict]) -> str:
@@ -39,14 +41,17 @@ def conversation(job: Job, i: int, d: float | None) -> Sample:
     keys = [job.draw(_key, used) for _ in range(N_FACTS)]
     values = [job.draw(_number(6), used) for _ in range(N_FACTS)]
     asked = rng.randrange(N_FACTS)
-    question = f"What is the code for my {keys[asked]}? Answer with the number only."
+    question = (
+        f"What is the special magic number for {keys[asked]} that I asked you to remember? "
+        "Answer with the number only."
+    )
     messages = _chat(job, question, keys, values, depth)
     return job.sample(
         i,
         depth,
         context=_plain(messages),
         question=question,
-        answer_prefix=f"The code for your {keys[asked]} is",
+        answer_prefix=f"The special magic number for {keys[asked]} is",
         answers=[values[asked]],
         metric="exact_contains",
         needles=[_fact(keys[asked], values[asked])],
