@@ -62,7 +62,7 @@ def soak_api(args) -> list[dict]:
         budget=args.budget,
         recall=True,
         reposition=True,
-        cold_dir=tempfile.mkdtemp(prefix="soak-cold-"),
+        cold_dir=str(args.scratch / "cold"),
         n_threads=args.threads,
     )
     messages = [{"role": "system", "content": "You are a concise assistant."}]
@@ -98,7 +98,7 @@ def soak_api(args) -> list[dict]:
         if llm.n_tokens >= args.tokens:
             break
     # a session of this length: how long saving and loading it take (no re-prefill)
-    path = Path(tempfile.mkdtemp(prefix="soak-session-")) / "chat.session"
+    path = args.scratch / "chat.session"
     t0 = time.perf_counter()
     llm.save_session(path, extra={"messages": messages})
     saved = time.perf_counter() - t0
@@ -140,7 +140,7 @@ def soak_chat(args) -> list[dict]:
             "--max-tokens",
             str(args.reply),
             "--cold-dir",
-            tempfile.mkdtemp(prefix="soak-cold-"),
+            str(args.scratch / "cold"),
         ],
         encoding="utf-8",
         timeout=600,
@@ -219,7 +219,10 @@ def main() -> None:
     args.model = args.model or default_model()
     print(machine(), flush=True)
     t0 = time.time()
-    rows = soak_api(args) if args.via == "api" else soak_chat(args)
+    # the cold store and the saved session (gigabytes at 100k tokens) go when the run ends
+    with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
+        args.scratch = Path(scratch)
+        rows = soak_api(args) if args.via == "api" else soak_chat(args)
     result = dict(
         machine=machine(),
         command=" ".join(sys.argv),
