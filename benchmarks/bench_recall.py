@@ -128,18 +128,18 @@ def cost(args) -> dict:
 
 
 def rss_child(args) -> None:
-    cold_dir = tempfile.mkdtemp(prefix="bench-recall-") if args.cold_dir else None
-    llm = _engine(args.model, args.threads, cold_dir)
-    _prefill(llm, 3072)
-    cold = llm.memory.cold
-    template = cold.take(np.arange(len(cold)))
-    cold.add(template)
-    out = [dict(cold_tokens=len(cold), rss_mib=_rss_mib())]
-    for size in sorted(args.cold):
-        _pad_cold(llm, template, size)
-        out.append(dict(cold_tokens=len(cold), rss_mib=_rss_mib(), on_disk=cold.on_disk))
-    print(json.dumps(out))
-    llm.close()
+    with tempfile.TemporaryDirectory(prefix="bench-recall-") as scratch:
+        llm = _engine(args.model, args.threads, scratch if args.cold_dir else None)
+        _prefill(llm, 3072)
+        cold = llm.memory.cold
+        template = cold.take(np.arange(len(cold)))
+        cold.add(template)
+        out = [dict(cold_tokens=len(cold), rss_mib=_rss_mib())]
+        for size in sorted(args.cold):
+            _pad_cold(llm, template, size)
+            out.append(dict(cold_tokens=len(cold), rss_mib=_rss_mib(), on_disk=cold.on_disk))
+        print(json.dumps(out))
+        llm.close()
 
 
 def rss(args) -> dict:
