@@ -14,6 +14,7 @@ from edge_namm.engine import EngineConfigError
 from edge_namm.engine.cold import ColdStoreError
 from edge_namm.engine.recall import (
     CANDIDATES,
+    RELEASE_EVERY,
     _grouped,
     choose_swaps,
     hot_scores,
@@ -63,10 +64,15 @@ def test_recall_scores_single_out_the_key_a_query_points_at():
 
 
 def test_a_large_cold_store_is_narrowed_without_losing_the_needle():
-    n = CANDIDATES * 3
+    n = CANDIDATES * 5
     queries, scales, keys, n_head_kv = _planted(n + 100, needle=100 + 5000)
     hot_keys, cold_keys = keys[:, :100], keys[:, 100:].astype(np.float16)
-    _, cold = recall_scores(queries, scales, hot_keys, cold_keys, n_head_kv)
+    released = []
+    _, cold = recall_scores(
+        queries, scales, hot_keys, cold_keys, n_head_kv, release=lambda: released.append(1)
+    )
+    # a mapped store's pages are handed back as the coarse pass goes, not only at the end
+    assert len(released) == -(-n // RELEASE_EVERY) > 1
     q = _grouped(queries, scales, n_head_kv)
     _, lse = hot_scores(q, hot_keys, n_head_kv)
     exact = token_scores(q, cold_keys, lse, n_head_kv)

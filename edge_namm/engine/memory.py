@@ -260,6 +260,7 @@ class KVMemory:
             self.read_keys(view.cells),
             cold.keys(),
             self.n_head_kv,
+            release=cold.release,
         )
         cold.release()
         protected = protected_mask(

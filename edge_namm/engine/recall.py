@@ -28,11 +28,14 @@ again so the answer sees them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 COARSE_QUERIES = 16  # window queries (the newest) the coarse pass over a large cold store uses
 CANDIDATES = 2048  # cold tokens the coarse pass hands on to exact scoring
 TILE = 2048  # cold tokens scored at once: the [queries x TILE] logits stay in cache
+RELEASE_EVERY = 4 * TILE  # cold tokens the coarse pass reads between hand-backs of mapped pages
 # a recalled token brings the cold tokens this close before and after it: a ~16-token fact,
 # reaching further forward because a question points at a fact's key, and its value follows
 # ("the number for tulip is 2927248"; docs/experiments/2026-11-30-recall-rules.md)
@@ -118,15 +121,28 @@ def newest_queries(
 
 
 def cold_scores(
-    q: np.ndarray, lse: np.ndarray, cold_keys: np.ndarray, n_head_kv: int, window: int
+    q: np.ndarray,
+    lse: np.ndarray,
+    cold_keys: np.ndarray,
+    n_head_kv: int,
+    window: int,
+    release: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """token_scores of the cold tokens; past CANDIDATES of them, only those a coarse pass (the
-    newest COARSE_QUERIES queries) ranks best are scored exactly, the others score -inf."""
+    newest COARSE_QUERIES queries) ranks best are scored exactly, the others score -inf.
+    `release` is called after every RELEASE_EVERY cold tokens the coarse pass reads (a store
+    memory-mapped under cold_dir hands those pages back, so a recall does not pull the whole
+    store into the process)."""
     n_cold = cold_keys.shape[1]
     if n_cold <= CANDIDATES:
         return token_scores(q, cold_keys, lse, n_head_kv)
     q_new, lse_new = newest_queries(q, lse, window, COARSE_QUERIES)
-    coarse = token_scores(q_new, cold_keys, lse_new, n_head_kv)
+    coarse = np.empty(n_cold, dtype=np.float32)
+    for start in range(0, n_cold, RELEASE_EVERY):
+        part = slice(start, start + RELEASE_EVERY)
+        coarse[part] = token_scores(q_new, cold_keys[:, part], lse_new, n_head_kv)
+        if release is not None:
+            release()
     index = np.sort(np.argpartition(-coarse, CANDIDATES)[:CANDIDATES])
     out = np.full(n_cold, -np.inf, dtype=np.float32)
     out[index] = token_scores(q, cold_keys[:, index], lse, n_head_kv)
@@ -139,12 +155,13 @@ def recall_scores(
     hot_keys: np.ndarray,
     cold_keys: np.ndarray,
     n_head_kv: int,
+    release: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(hot scores [n_hot], cold scores [n_cold]) from queries [L, H, W, d], softmax scales [L]
-    and keys [L, n, n_head_kv * d] (cold keys may be float16)."""
+    and keys [L, n, n_head_kv * d] (cold keys may be float16); `release` as in cold_scores."""
     q = _grouped(queries, scales, n_head_kv)
     hot, lse = hot_scores(q, hot_keys, n_head_kv)
-    return hot, cold_scores(q, lse, cold_keys, n_head_kv, queries.shape[2])
+    return hot, cold_scores(q, lse, cold_keys, n_head_kv, queries.shape[2], release)
 
 
 def pool_neighbours(
