@@ -127,17 +127,39 @@ def cost(args) -> dict:
     return dict(rows=rows)
 
 
+def _peak_during(run) -> float:
+    """The process's peak RSS (MiB) while `run()` runs: the kernel's high-water mark is reset
+    first (clear_refs 5, Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    run()
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_child(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-recall-") as scratch:
         llm = _engine(args.model, args.threads, scratch if args.cold_dir else None)
-        _prefill(llm, 3072)
+        tokens = _prefill(llm, 3072)
         cold = llm.memory.cold
         template = cold.take(np.arange(len(cold)))
         cold.add(template)
+
+        def recall_once() -> None:  # a 64-token prompt with recall, then rolled back
+            n0, since = llm.n_tokens, llm._since_update
+            llm.eval(tokens[3072 : 3072 + 64])
+            llm._ctx.kv_cache_seq_rm(-1, n0, -1)
+            llm.n_tokens, llm._since_update = n0, since
+
         out = [dict(cold_tokens=len(cold), rss_mib=_rss_mib())]
         for size in sorted(args.cold):
             _pad_cold(llm, template, size)
-            out.append(dict(cold_tokens=len(cold), rss_mib=_rss_mib(), on_disk=cold.on_disk))
+            row = dict(cold_tokens=len(cold), rss_mib=_rss_mib(), on_disk=cold.on_disk)
+            row["peak_in_recall_mib"] = _peak_during(recall_once)
+            out.append(row)
         print(json.dumps(out))
         llm.close()
 
@@ -181,7 +203,17 @@ def plot(result: dict, path: Path) -> None:
     if "rss" in result:
         ax = axes[0][1]
         for label, pts in result["rss"].items():
-            ax.plot([p["cold_tokens"] for p in pts], [p["rss_mib"] for p in pts], "o-", label=label)
+            line = ax.plot(
+                [p["cold_tokens"] for p in pts], [p["rss_mib"] for p in pts], "o-", label=label
+            )[0]
+            peaks = [p for p in pts if "peak_in_recall_mib" in p]
+            ax.plot(
+                [p["cold_tokens"] for p in peaks],
+                [p["peak_in_recall_mib"] for p in peaks],
+                "x--",
+                color=line.get_color(),
+                label=f"{label}: peak during a recall",
+            )
         ax.set_xlabel("cold store (tokens)")
         ax.set_ylabel("process RSS (MiB)")
         ax.legend(fontsize=8)
