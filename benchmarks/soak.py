@@ -176,8 +176,13 @@ def soak_chat(args) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
         if tokens >= args.tokens:
             break
+    # the chat saves nothing but removes its cold store on exit (gigabytes at 100k tokens):
+    # wait for it rather than let close() give up on a child still cleaning up
     child.sendeof()
-    child.close()
+    try:
+        child.expect(pexpect.EOF, timeout=600)
+    finally:
+        child.close(force=True)
     return rows
 
 
