@@ -176,7 +176,7 @@ def soak_chat(args) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
         if tokens >= args.tokens:
             break
-    # the chat saves nothing but removes its cold store on exit (gigabytes at 100k tokens):
+    # on exit the chat removes its cold store (gigabytes at 100k tokens):
     # wait for it rather than let close() give up on a child still cleaning up
     child.sendeof()
     try:
