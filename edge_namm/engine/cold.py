@@ -23,6 +23,7 @@ import numpy as np
 from edge_namm.native import CellLayout
 
 _META = ("rot_pos", "pos", "logical", "tokens", "score")
+COPY_PIECE = 4096  # tokens copied at once when a memory-mapped store grows
 
 
 class ColdStoreError(ValueError):
@@ -68,9 +69,15 @@ class _Arrays:
             shape = (self.n_layer, capacity, width)
             if self.folder is None:
                 arr = np.empty(shape, dtype=dtype)
+                arr[:, :used] = self.data[name][:, :used]
             else:
                 arr = self._map(self.folder / f"{name}.bin", shape, dtype)
-            arr[:, :used] = self.data[name][:, :used]
+                # a piece at a time, handing pages back between pieces: copying a store of
+                # gigabytes in one go would pull all of it, old and new, into the process
+                for start in range(0, used, COPY_PIECE):
+                    stop = min(used, start + COPY_PIECE)
+                    arr[:, start:stop] = self.data[name][:, start:stop]
+                    self._drop_pages()
             fresh[name] = arr
         self.data = fresh
         self.capacity = capacity
@@ -102,6 +109,9 @@ class _Arrays:
                         old.close()
                     except BufferError:  # a view still exported: the GC closes it later
                         pass
+        self._drop_pages()
+
+    def _drop_pages(self) -> None:
         for mm in self._maps.values():
             if hasattr(mm, "madvise"):
                 mm.madvise(mmap.MADV_DONTNEED)
@@ -254,6 +264,7 @@ class ColdStore:
             a[holes] = a[movers]
             setattr(self, name, a[:new_n].copy())
         self.n = new_n
+        self._arrays.release()  # the gather and the compaction touched pages all over the store
         return out
 
     def clear(self) -> None:

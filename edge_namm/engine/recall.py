@@ -144,8 +144,11 @@ def cold_scores(
         if release is not None:
             release()
     index = np.sort(np.argpartition(-coarse, CANDIDATES)[:CANDIDATES])
+    picked = cold_keys[:, index]  # a gather touches a page per (layer, token): hand them back
+    if release is not None:
+        release()
     out = np.full(n_cold, -np.inf, dtype=np.float32)
-    out[index] = token_scores(q, cold_keys[:, index], lse, n_head_kv)
+    out[index] = token_scores(q, picked, lse, n_head_kv)
     return out
 
 
