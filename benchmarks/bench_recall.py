@@ -29,12 +29,17 @@ import numpy as np
 from common import default_model, machine
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def _engine(model: str, threads: int, cold_dir: str | None = None):
@@ -133,11 +138,7 @@ def _peak_during(run) -> float:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     run()
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mib("VmHWM")
 
 
 def rss_child(args) -> None:

@@ -59,15 +59,12 @@ def block_reduce(q, keys, lse, n_head_kv, rule: str) -> np.ndarray:
     return out
 
 
-def paged_scores(q, keys, lse, n_head_kv, page=16, top_pages=64, exact_limit=4096) -> np.ndarray:
-    """Cold scores through Quest-style page digests (tried, then dropped from the engine):
-    above `exact_limit` tokens, each page of `page` cold tokens (store order) is bounded by
-    q . k <= q+ . max + q- . min, and only the `top_pages` best pages are scored exactly."""
-    from edge_namm.engine.recall import _blocks, token_scores
+def page_bounds(q, keys, lse, n_head_kv, page: int) -> np.ndarray:
+    """Each page of `page` cold tokens (store order, the last one padded with its last key):
+    the upper bound q+ . max + q- . min of its tokens' scores, from its min and max keys."""
+    from edge_namm.engine.recall import _blocks
 
     n = keys.shape[1]
-    if n <= exact_limit:
-        return token_scores(q, keys, lse, n_head_kv)
     n_pages = -(-n // page)
     padded = np.concatenate([keys, np.repeat(keys[:, -1:], n_pages * page - n, axis=1)], axis=1)
     pages = padded.reshape(keys.shape[0], n_pages, page, -1).astype(np.float32)
@@ -77,6 +74,19 @@ def paged_scores(q, keys, lse, n_head_kv, page=16, top_pages=64, exact_limit=409
         qg = q[layer, g]
         z = k_max @ np.maximum(qg, 0).T + k_min @ np.minimum(qg, 0).T - lse[layer, g]
         np.maximum(bounds, z.max(axis=1), out=bounds)
+    return bounds
+
+
+def paged_scores(q, keys, lse, n_head_kv, page=16, top_pages=64, exact_limit=4096) -> np.ndarray:
+    """Cold scores through Quest-style page digests (tried, then dropped from the engine):
+    above `exact_limit` tokens, each page of `page` cold tokens (store order) is bounded by
+    q . k <= q+ . max + q- . min, and only the `top_pages` best pages are scored exactly."""
+    from edge_namm.engine.recall import token_scores
+
+    n = keys.shape[1]
+    if n <= exact_limit:
+        return token_scores(q, keys, lse, n_head_kv)
+    bounds = page_bounds(q, keys, lse, n_head_kv, page)
     best = np.sort(np.argsort(-bounds, kind="stable")[:top_pages])
     index = (best[:, None] * page + np.arange(page)).ravel()
     index = index[index < n]
@@ -88,7 +98,7 @@ def paged_scores(q, keys, lse, n_head_kv, page=16, top_pages=64, exact_limit=409
 def diagnose(cap: dict, window: int = 32, page: int = 16) -> str:
     """Where the cold token the queries attend to most ranks among cold pages under the
     digests' bound, and among cold tokens when only every 3rd or 5th layer is read."""
-    from edge_namm.engine.recall import _blocks, _grouped, hot_scores, newest_queries, token_scores
+    from edge_namm.engine.recall import _grouped, hot_scores, newest_queries, token_scores
 
     g = cap["n_head_kv"]
     q = _grouped(cap["queries"][:, :, -window:], cap["scales"], g)
@@ -97,19 +107,12 @@ def diagnose(cap: dict, window: int = 32, page: int = 16) -> str:
     n_layer, n = keys.shape[:2]
     exact = token_scores(q, keys, lse, g)
     top = int(np.argmax(exact))
-    n_pages = n // page
-    pages = keys[:, : n_pages * page].reshape(n_layer, n_pages, page, -1)
-    bounds = np.full(n_pages, -np.inf, dtype=np.float32)
-    lows, highs = _blocks(pages.min(axis=2), g), _blocks(pages.max(axis=2), g)
-    for (layer, h, k_min), (_, _, k_max) in zip(lows, highs, strict=True):
-        qh = q[layer, h]
-        z = k_max @ np.maximum(qh, 0).T + k_min @ np.minimum(qh, 0).T - lse[layer, h]
-        np.maximum(bounds, z.max(axis=1), out=bounds)
+    bounds = page_bounds(q, keys, lse, g, page)
+    n_pages = len(bounds)
     page_rank = int((bounds > bounds[top // page]).sum())
     ranks = []
-    for layers, newest in ((range(0, n_layer, 3), window), (range(0, n_layer, 5), window)):
-        q_new, lse_new = newest_queries(q, lse, window, newest)
-        sub = token_scores(q_new, keys, lse_new, g, layers)
+    for stride in (3, 5):
+        sub = token_scores(q, keys, lse, g, range(0, n_layer, stride))
         ranks.append(int((sub > sub[top]).sum()))
     for newest in (16, 8):
         q_new, lse_new = newest_queries(q, lse, window, newest)
