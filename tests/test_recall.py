@@ -16,6 +16,7 @@ from edge_namm.engine.recall import (
     CANDIDATES,
     RELEASE_EVERY,
     _grouped,
+    as_float32,
     choose_swaps,
     hot_scores,
     pool_tiers,
@@ -82,6 +83,16 @@ def test_a_large_cold_store_is_narrowed_without_losing_the_needle():
     finite = np.isfinite(cold)
     assert finite.sum() == CANDIDATES
     np.testing.assert_allclose(cold[finite], exact[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_float16_keys_widen_exactly_for_every_bit_pattern():
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    block = np.stack([every, every[::-1]], axis=1)  # rows of two, like a slice of a wider store
+    wide = as_float32(block)
+    assert wide.dtype == np.float32
+    np.testing.assert_array_equal(wide, block.astype(np.float32))  # NaNs compare equal here
+    # a non-contiguous slice (a layer's tile of a mapped store is one) widens the same way
+    np.testing.assert_array_equal(as_float32(block[::3]), block[::3].astype(np.float32))
 
 
 def test_hot_scores_match_the_reference_softmax():
