@@ -223,6 +223,21 @@ def test_recall_keeps_hot_size_and_accounts_for_every_token(any_tiny):
         llm.close()
 
 
+@pytest.mark.parametrize("recall_max, cap", [(0.25, 24), (10, 10)])
+def test_recall_max_caps_each_prompts_recall_in_tokens_or_as_a_share(tiny_model, recall_max, cap):
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, recall_max=recall_max)
+    try:
+        assert llm.recall_max == cap
+        tokens = _tokens(llm, 400)
+        llm.eval(tokens[:300])
+        before = llm.stats.tokens_recalled
+        assert before <= cap * llm.stats.recalls
+        llm.eval(tokens[300:340])
+        assert 0 < llm.stats.tokens_recalled - before <= cap
+    finally:
+        llm.close()
+
+
 def test_cold_budget_forgets_lowest_scored_and_counts_them(tiny_model):
     llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_budget=50)
     try:
@@ -335,6 +350,9 @@ def test_no_token_is_lost_across_renumberings_and_recalls(tiny_model, policy):
         (dict(recall=True, flash_attn=True), "flash attention"),
         (dict(recall=True, cold_budget=-1), "cold_budget"),
         (dict(recall=True, recall_window=0), "recall_window"),
+        (dict(recall=True, recall_max=0), "recall_max"),
+        (dict(recall=True, recall_max=1.5), "recall_max"),
+        (dict(recall=True, recall_max="half"), "recall_max"),
     ],
 )
 def test_bad_recall_settings_are_refused_with_the_reason(tiny_model, kwargs, match):

@@ -12,6 +12,7 @@ from edge_namm.cli.options import (
     chunk_option,
     folder_option,
     model_options,
+    recall_max_option,
     resolve_model,
     scorer_option,
     seed_option,
@@ -39,6 +40,7 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     help="Also run every evicting policy with +recall (evicted tokens kept in a cold store and "
     "recalled by the question).",
 )
+@recall_max_option
 @click.option(
     "--budgets",
     default="0.125,0.25,0.5",
@@ -96,6 +98,7 @@ def eval_cmd(
     threads,
     policies,
     recall,
+    recall_max,
     budgets,
     tasks,
     lengths,
@@ -140,6 +143,7 @@ def eval_cmd(
         update_interval=update_interval,
         chunk=chunk,
         scorer=scorer,
+        recall_max=recall_max,
         n_threads=threads,
         n_gpu_layers=n_gpu_layers,
         progress=True,

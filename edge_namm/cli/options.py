@@ -92,18 +92,55 @@ chunk_option = click.option(
     help="Prefill batch size (<= update interval).",
 )
 
+
+class RecallCap(click.ParamType):
+    """--recall-max: whole tokens (256) or a share of the hot budget (0.5 or 50%)."""
+
+    name = "TOKENS|SHARE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | float:
+        if isinstance(value, (int, float)):
+            return value
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                share = float(text[:-1]) / 100
+            elif text.isdigit():
+                return int(text)
+            else:
+                share = float(text)
+        except ValueError:
+            share = -1.0
+        if not 0.0 < share <= 1.0:
+            self.fail(
+                f"{value!r} is neither a token count (256) nor a share of the budget in (0, 1] "
+                "(0.5 or 50%)",
+                param,
+                ctx,
+            )
+        return share
+
+
+recall_max_option = click.option(
+    "--recall-max",
+    type=RecallCap(),
+    default=None,
+    help="Most tokens one prompt may recall: a count (256) or a share of the hot budget "
+    "(0.5 or 50%). Default: a quarter of the budget.",
+)
+
 scorer_option = file_option(
     "--scorer", help="Scorer file for the namm policy (default: the shipped scorer)."
 )
 
 
-MEMORY_KEYS = ("policy", "scorer", "budget", "update_interval", "recall")
+MEMORY_KEYS = ("policy", "scorer", "budget", "update_interval", "recall", "recall_max")
 
 
 def memory_options(recall: bool = True) -> Decorator:
-    """--policy, --scorer, --budget, --update-interval, --recall/--no-recall: the KV memory that
-    `chat` and `serve` hold a conversation in, passed to the command as one `memory` dict (the
-    arguments of `memory_engine`)."""
+    """--policy, --scorer, --budget, --update-interval, --recall/--no-recall, --recall-max: the
+    KV memory that `chat` and `serve` hold a conversation in, passed to the command as one
+    `memory` dict (the arguments of `memory_engine`)."""
     recall_help = (
         "Keep evicted tokens in a cold store and bring back the ones each new message attends "
         "to (docs/DESIGN.md §6)."
@@ -120,6 +157,7 @@ def memory_options(recall: bool = True) -> Decorator:
         ),
         update_interval_option(),
         click.option("--recall/--no-recall", default=recall, show_default=True, help=recall_help),
+        recall_max_option,
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,6 +181,7 @@ def memory_engine(
     update_interval: int,
     recall: bool,
     n_gpu_layers: int,
+    recall_max: int | float | None = None,
     threads: int | None,
     reposition: bool = True,
     **kwargs: Any,
@@ -158,6 +197,7 @@ def memory_engine(
         budget=budget,
         update_interval=update_interval,
         recall=recall,
+        recall_max=recall_max,
         reposition=reposition,
         chunk=min(128, update_interval),
         n_gpu_layers=n_gpu_layers,

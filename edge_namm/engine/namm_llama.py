@@ -41,6 +41,21 @@ _GGML_BYTES_PER_VALUE = {
 }  # what create_completion checks prompts against: no logical limit
 
 
+def _recall_cap(recall_max: int | float | None, budget: int) -> int:
+    """recall_max as tokens: an int counts tokens, a float in (0, 1] is a share of the budget."""
+    if recall_max is None:
+        return max(16, budget // 4)
+    if isinstance(recall_max, (int, np.integer)) and not isinstance(recall_max, bool):
+        if recall_max >= 1:
+            return int(recall_max)
+    elif isinstance(recall_max, (float, np.floating)) and 0.0 < recall_max <= 1.0:
+        return max(1, int(budget * recall_max))
+    raise EngineConfigError(
+        "recall_max must be a whole number of tokens >= 1 or a fraction of the budget in "
+        f"(0, 1] such as 0.5, got {recall_max!r}"
+    )
+
+
 def check_model_file(model_path: str | Path) -> Path:
     """Fail early, with a next step, on a missing or non-GGUF model file."""
     path = Path(model_path).expanduser()
@@ -91,7 +106,8 @@ class NammLlama(llama_cpp.Llama):
     pass `reposition_limit`, default the model's trained context; see engine/positions.py),
     `progress` (prefill progress bar), `recall` (keep evicted tokens byte-exact in a cold store
     and, after each new prompt, swap back the ones its last `recall_window` tokens attend to,
-    at most `recall_max` per prompt (default budget / 4), then decode the last
+    at most `recall_max` per prompt (tokens, or a fraction of the budget such as 0.5; default
+    budget / 4), then decode the last
     `recall_redecode` tokens again (default: the whole window) so they see them;
     `cold_budget` caps the cold store in tokens, `cold_dir` spills it to memory-mapped files;
     see engine/recall.py), `feature_config` (feature constants when the policy has no scorer to
@@ -118,7 +134,7 @@ class NammLlama(llama_cpp.Llama):
         recall: bool = False,
         recall_window: int = 32,
         recall_redecode: int | None = None,
-        recall_max: int | None = None,
+        recall_max: int | float | None = None,
         cold_budget: int | None = None,
         cold_dir: str | None = None,
         feature_config: FeatureConfig | None = None,
@@ -180,6 +196,7 @@ class NammLlama(llama_cpp.Llama):
             raise EngineConfigError(
                 f"recall_window must be between 1 and chunk ({chunk}) tokens, got {recall_window}"
             )
+        recall_max = _recall_cap(recall_max, budget)
         if cold_budget is not None and cold_budget < 0:
             raise EngineConfigError(
                 f"cold_budget must be >= 0 tokens (or None for no cap), got {cold_budget}"
@@ -240,7 +257,7 @@ class NammLlama(llama_cpp.Llama):
         self.recall = recall
         self.recall_window = recall_window
         self.recall_redecode = recall_redecode
-        self.recall_max = max(16, budget // 4) if recall_max is None else recall_max
+        self.recall_max = recall_max
         if recall:
             self._memory.protect_recent = recall_window + 1
             self._memory.enable_cold(

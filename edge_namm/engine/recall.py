@@ -56,13 +56,15 @@ def _widen_rows(src: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
             out[i, j] = table[src[i, j]]
 
 
-def as_float32(keys: np.ndarray) -> np.ndarray:
-    """A [N, width] block of keys as float32 (float16 widened exactly, float32 as is)."""
+def as_float32(keys: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A [N, width] block of keys as float32 (float16 widened exactly, into `out` when given;
+    float32 as is)."""
     if keys.dtype == np.float32:
         return keys
     if keys.dtype != np.float16:
         return keys.astype(np.float32)
-    out = np.empty(keys.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(keys.shape, dtype=np.float32)
     _widen_rows(keys.view(np.uint16), _WIDEN, out)
     return out
 
@@ -120,12 +122,19 @@ def token_scores(
     n_layer, n, width = keys.shape
     d = width // n_head_kv
     best = np.full(n, -np.inf, dtype=np.float32)
+    # buffers reused across tiles: a fresh 1.5 MiB array per tile and layer costs its page
+    # faults every time, which measured as much as the widening itself
+    tile = min(TILE, n)
+    k_buf = np.empty((tile, width), dtype=np.float32)
+    z_buf = np.empty((q.shape[2], tile), dtype=np.float32)
     for start in range(0, n, TILE):
         part = best[start : start + TILE]
+        m = len(part)
+        z = z_buf[:, :m]
         for layer in range(n_layer) if layers is None else layers:
-            k = as_float32(keys[layer, start : start + TILE])
+            k = as_float32(keys[layer, start : start + m], k_buf[:m])
             for g in range(n_head_kv):
-                z = q[layer, g] @ k[:, g * d : (g + 1) * d].T
+                np.matmul(q[layer, g], k[:, g * d : (g + 1) * d].T, out=z)
                 z -= lse[layer, g][:, None]
                 np.maximum(part, z.max(axis=0), out=part)
     return best

@@ -24,6 +24,7 @@ KEY_FIELDS = (
     "mode",
     "update_interval",
     "chunk",
+    "recall_max",
 )
 
 

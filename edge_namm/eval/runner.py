@@ -320,6 +320,7 @@ def run_eval(
     update_interval: int = 512,
     chunk: int = 128,
     scorer: Any = None,
+    recall_max: int | float | None = None,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     depths: Sequence[float] | None = None,
@@ -382,6 +383,8 @@ def run_eval(
     for job in jobs:
         if takes_scorer(job.policy):
             job.key_row["scorer"] = scorer_name
+        if recall_max is not None and split_policy(job.policy)[1]:
+            job.key_row["recall_max"] = recall_max  # a rerun with another cap is a new row
     done = {row_key(r): r for r in read_results(results_path)}
     todo = [j for j in jobs if row_key(j.key_row) not in done]
     _warn_clamped(todo, min_cells)
@@ -406,6 +409,7 @@ def run_eval(
                     str(model_file),
                     policy=base_policy,
                     recall=recall,
+                    recall_max=recall_max if recall else None,
                     scorer=scorer if takes_scorer(policy) else None,
                     budget=cells,
                     update_interval=update_interval,
@@ -447,6 +451,7 @@ def run_eval(
             update_interval=update_interval,
             chunk=chunk,
             scorer=scorer_name,
+            recall_max=recall_max,
             n_threads=n_threads,
             rows_total=len(jobs),
             rows_new=len(new_rows),
