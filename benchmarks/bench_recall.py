@@ -89,6 +89,19 @@ def _pad_cold(llm, template, size: int) -> None:
         )
 
 
+def _roll_back(llm, n_tokens: int, since_update: int) -> None:
+    """Undo a measured prompt: its cells, its cold copies (dropped by the next decode, as for an
+    edited message) and the update clock. Recall may have swapped some of the prompt's own
+    tokens out for older ones, which stay hot: an update outside the timing brings the cache
+    back to its budget, so every round starts from the same size."""
+    llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
+    llm.memory.drop_cold_from(n_tokens)
+    llm.n_tokens, llm._since_update = n_tokens, since_update
+    llm.memory.before_decode()
+    if llm.memory.view().n > llm.budget:
+        llm.memory.update()
+
+
 def cost(args) -> dict:
     llm = _engine(args.model, args.threads)
     tokens = _prefill(llm, 3072)
@@ -115,8 +128,7 @@ def cost(args) -> dict:
                     recalled.append(st.tokens_recalled - t_in0)
                 else:
                     base.append(total)
-                llm._ctx.kv_cache_seq_rm(-1, n0, -1)
-                llm.n_tokens, llm._since_update = n0, since
+                _roll_back(llm, n0, since)
         base, recall, scoring = base[1:], recall[1:], scoring[1:]
         row = dict(
             cold_tokens=len(cold),
@@ -154,8 +166,7 @@ def rss_child(args) -> None:
         def recall_once() -> None:  # a 64-token prompt with recall, then rolled back
             n0, since = llm.n_tokens, llm._since_update
             llm.eval(tokens[3072 : 3072 + 64])
-            llm._ctx.kv_cache_seq_rm(-1, n0, -1)
-            llm.n_tokens, llm._since_update = n0, since
+            _roll_back(llm, n0, since)
 
         out = [dict(cold_tokens=len(cold), rss_mib=_rss_mib())]
         for size in sorted(args.cold):

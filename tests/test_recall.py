@@ -238,6 +238,29 @@ def test_recall_max_caps_each_prompts_recall_in_tokens_or_as_a_share(tiny_model,
         llm.close()
 
 
+def test_an_edited_message_leaves_no_cold_copy_of_the_old_branch(tiny_model):
+    """llama-cpp-python reuses the longest common prefix: a message edited (or regenerated)
+    moves the history back, and tokens the old branch sent to the cold store must not be
+    recalled into the new one."""
+    llm = _engine(tiny_model, policy="streaming", budget=96, recall=True)
+    try:
+        tokens = _tokens(llm, 400)
+        n0 = 300
+        llm.create_completion(tokens[:390], max_tokens=1, temperature=0.0)
+        assert (llm.memory.cold.logical >= n0).any()  # the old branch left cold copies
+        edited = tokens[:n0] + tokens[390:300:-1]
+        llm.create_completion(edited, max_tokens=1, temperature=0.0)
+        assert llm.stats.tokens_seen < 390 + 100  # the common prefix was reused, not re-read
+        cold = llm.memory.cold
+        branch = cold.logical >= n0
+        assert np.array_equal(cold.tokens[branch], llm.input_ids[cold.logical[branch]])
+        hot = set(llm.kept_positions().tolist())
+        assert not hot & set(cold.logical.tolist())
+        assert hot | set(cold.logical.tolist()) == set(range(llm.n_tokens))
+    finally:
+        llm.close()
+
+
 def test_cold_budget_forgets_lowest_scored_and_counts_them(tiny_model):
     llm = _engine(tiny_model, policy="streaming", budget=96, recall=True, cold_budget=50)
     try:

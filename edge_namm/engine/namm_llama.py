@@ -503,6 +503,9 @@ class NammLlama(llama_cpp.Llama):
         mem = self._memory
         self._check_tokens(tokens)
         self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+        # a prefix reuse (an edited or regenerated message) moved the history back: cold copies
+        # of the discarded branch must not be recalled into the new one
+        mem.drop_cold_from(self.n_tokens)
         mem.before_decode()
         bar = None
         if self.progress and len(tokens) > 2 * self.chunk:
