@@ -148,14 +148,15 @@ def soak_chat(args) -> list[dict]:
     child.expect("> ")
     rows, tokens = [], 0
     status = re.compile(
-        r"\[kv (\d+) cells .*?seen (\d+) evicted \d+(?: \| cold (\d+) tok.*?recalled (\d+))?"
+        r"\[kv (\d+) cells .*?at most (\d+) so far.*?seen (\d+) evicted \d+"
+        r"(?: \| cold (\d+) tok.*?recalled (\d+))?"
     )
     for t, text in enumerate(_turns(10**9)):
         t0 = time.perf_counter()
         child.sendline(text.replace("\n", " "))
         child.expect(status)
-        cells, seen = int(child.match.group(1)), int(child.match.group(2))
-        cold, recalled = (int(g) if g else 0 for g in child.match.group(3, 4))
+        cells, most, seen = (int(g) for g in child.match.group(1, 2, 3))
+        cold, recalled = (int(g) if g else 0 for g in child.match.group(4, 5))
         child.expect("> ")
         wall = time.perf_counter() - t0
         rows.append(
@@ -166,6 +167,7 @@ def soak_chat(args) -> list[dict]:
                 wall_s=wall,
                 s_per_token=wall / max(1, seen - tokens),
                 cells=cells,
+                max_after_update=most,
                 cold_tokens=cold,
                 recalled=recalled,
                 rss_mib=_rss_mib(child.pid),

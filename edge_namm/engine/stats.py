@@ -54,8 +54,9 @@ class MemoryStats:
     def status_line(self) -> str:
         mib = 1 << 20
         return (
-            f"[kv {self.cells_used} cells (budget {self.budget} after each update, "
-            f"{self.n_cells} allocated), {self.kv_bytes_in_use / mib:.1f} MiB"
+            f"[kv {self.cells_used} cells (budget {self.budget} after each update, at most "
+            f"{self.max_cells_after_update} so far; {self.n_cells} allocated), "
+            f"{self.kv_bytes_in_use / mib:.1f} MiB"
             f" (full cache {self.kv_bytes_full_cache / mib:.1f} MiB) | seen {self.tokens_seen}"
             f" evicted {self.tokens_evicted}{self._cold_part()} | namm {self.seconds_namm:.2f}s"
             f" llama {self.seconds_llama:.2f}s]"
