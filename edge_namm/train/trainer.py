@@ -412,8 +412,6 @@ class Trainer:
         )
 
     # --- outputs -------------------------------------------------------------------------
-
-    # --- outputs -------------------------------------------------------------------------
     def scorer(self, provenance: dict | None = None) -> Any:
         """The deployed scorer: the CMA-ES mean with the frozen normalisation."""
         st = self.state
