@@ -53,3 +53,14 @@ def test_same_evictions_with_onnx_and_numpy(model_path, which):
     numpy_log = _evictions(model_path, scorer, "numpy", text)
     assert sum(map(len, onnx_log)) > 0
     assert onnx_log == numpy_log
+
+
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_scorer_loads_and_is_documented(path):
+    """A file in models/ is one users can pick: it loads, says where it came from and what
+    features it expects, and models/README.md describes it."""
+    scorer = load_scorer(path)
+    assert np.all(np.isfinite(scorer.params))
+    prov = scorer.provenance
+    assert prov.get("command") or prov.get("method"), f"{path.name}: no provenance"
+    assert f"### `{path.name}`" in (MODELS_DIR / "README.md").read_text(encoding="utf-8")
