@@ -22,8 +22,12 @@ import edge_namm.engine.memory as memory
 from edge_namm.eval.runner import run_eval
 
 
+def _rounded(a: np.ndarray) -> list[float]:
+    return [round(float(x), 1) for x in a]
+
+
 def _spread(a: np.ndarray) -> list[float]:
-    return np.round(np.quantile(a, [0, 0.5, 1]), 1).tolist() if len(a) else []
+    return _rounded(np.quantile(a, [0, 0.5, 1])) if len(a) else []
 
 
 def main() -> None:
@@ -59,7 +63,7 @@ def main() -> None:
             )
         for top, came, went in seen:
             print(
-                f"{task}: best cold {np.round(top, 1).tolist()}, swapped {len(came)}, "
+                f"{task}: best cold {_rounded(top)}, swapped {len(came)}, "
                 f"recalled {_spread(came)}, evicted {_spread(went)}"
             )
 
