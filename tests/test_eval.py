@@ -242,6 +242,24 @@ def test_budget_parsing():
             parse_budget(bad)
 
 
+@pytest.mark.parametrize("command", ["eval", "chat", "serve"])
+def test_recall_max_takes_tokens_or_a_share_and_says_what_else(command, tmp_path):
+    import click
+
+    from edge_namm.cli.main import cli
+    from edge_namm.cli.options import RecallCap
+
+    cap = RecallCap()
+    assert cap.convert("256", None, None) == 256
+    assert cap.convert("0.5", None, None) == cap.convert("50%", None, None) == 0.5
+    for bad in ("half", "0", "1.5", "-3", "150%"):
+        with pytest.raises(click.BadParameter, match="token count"):
+            cap.convert(bad, None, None)
+    result = CliRunner().invoke(cli, [command, "--recall-max", "lots"])
+    assert result.exit_code == 2 and "neither a token count (256) nor a share" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_budget_none_lets_only_the_policys_rule_evict(model_path, haystack_dir, tmp_path):
     """``--budgets none``: no cap; NAMM's score < 0 rule still evicts, streaming keeps all."""
     import numpy as np

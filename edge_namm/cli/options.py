@@ -102,16 +102,13 @@ class RecallCap(click.ParamType):
         if isinstance(value, (int, float)):
             return value
         text = str(value).strip()
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
         try:
-            if text.endswith("%"):
-                share = float(text[:-1]) / 100
-            elif text.isdigit():
-                return int(text)
-            else:
-                share = float(text)
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
             share = -1.0
-        if not 0.0 < share <= 1.0:
+        if text.isdigit() or not 0.0 < share <= 1.0:
             self.fail(
                 f"{value!r} is neither a token count (256) nor a share of the budget in (0, 1] "
                 "(0.5 or 50%)",
