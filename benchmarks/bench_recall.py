@@ -90,10 +90,11 @@ def _pad_cold(llm, template, size: int) -> None:
 
 
 def _roll_back(llm, n_tokens: int, since_update: int) -> None:
-    """Undo a measured prompt: its cells, its cold copies (dropped by the next decode, as for an
-    edited message) and the update clock. Recall may have swapped some of the prompt's own
-    tokens out for older ones, which stay hot: an update outside the timing brings the cache
-    back to its budget, so every round starts from the same size."""
+    """Undo a measured prompt: its cells, its cold copies and the update clock. The copies go
+    now, not at the next decode as for an edited message, so that padding the store to the next
+    size counts only live entries. Recall may have swapped some of the prompt's own tokens out
+    for older ones, which stay hot: an update outside the timing brings the cache back to its
+    budget, so every round starts from the same size."""
     llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
     llm.memory.drop_cold_from(n_tokens)
     llm.n_tokens, llm._since_update = n_tokens, since_update

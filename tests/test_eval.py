@@ -243,7 +243,7 @@ def test_budget_parsing():
 
 
 @pytest.mark.parametrize("command", ["eval", "chat", "serve"])
-def test_recall_max_takes_tokens_or_a_share_and_says_what_else(command, tmp_path):
+def test_recall_max_takes_tokens_or_a_share_and_says_what_else(command):
     import click
 
     from edge_namm.cli.main import cli
