@@ -44,8 +44,9 @@ POOL_BEFORE = 4
 POOL_AFTER = 12
 
 
-# float16 -> float32 by table: numpy's own conversion costs ~1.5 ns a value on x86 and was half
-# of a large cold store's scoring time; a lookup in this 256 KiB table (it stays in L2) is 4x faster
+# float16 -> float32 by table: numpy's own conversion was half of a large cold store's scoring
+# time; a lookup in this 256 KiB table (it stays in L2) is several times faster and exact
+# (benchmarks/bench_cold_scoring.py)
 _WIDEN = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 

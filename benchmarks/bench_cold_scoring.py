@@ -1,0 +1,80 @@
+"""Scoring a cold store, in isolation: widening float16 keys, and the coarse pass's query count.
+
+    python benchmarks/bench_cold_scoring.py [--cold 8192,32768,65536] [--repeats 3]
+
+Random keys and queries of SmolLM2-135M's shape (30 layers, 3 KV heads of 64 dims, 9 query
+heads, a 32-token window), one process, medians of --repeats interleaved runs:
+1. one layer's tile of 2,048 float16 keys widened to float32 by numpy (`astype`) and by the
+   engine's lookup table (`as_float32`);
+2. `cold_scores` over each store size with the coarse pass reading the newest 16 queries (the
+   engine's setting) and the newest 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from common import machine
+
+from edge_namm.engine import recall
+
+N_LAYER, N_HEAD_KV, GROUP, D, WINDOW = 30, 3, 3, 64, 32
+
+
+def _median_seconds(run, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--cold", default="8192,32768,65536")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    print(machine())
+    rng = np.random.default_rng(0)
+    tile = rng.standard_normal((recall.TILE, N_HEAD_KV * D)).astype(np.float16)
+    out = np.empty(tile.shape, dtype=np.float32)
+    recall.as_float32(tile, out)  # compile
+    numpy_s = _median_seconds(lambda: [tile.astype(np.float32) for _ in range(100)], args.repeats)
+    table_s = _median_seconds(lambda: [recall.as_float32(tile, out) for _ in range(100)], 3)
+    print(
+        f"widen one tile (2,048 x 192): numpy {numpy_s * 1e4:.0f} us, table {table_s * 1e4:.0f} "
+        f"us ({numpy_s / table_s:.1f}x)"
+    )
+    q = rng.standard_normal((N_LAYER, N_HEAD_KV, GROUP * WINDOW, D)).astype(np.float32)
+    lse = rng.standard_normal((N_LAYER, N_HEAD_KV, GROUP * WINDOW)).astype(np.float32)
+    shipped = recall.COARSE_QUERIES
+    try:
+        for n in (int(c) for c in args.cold.split(",")):
+            keys = rng.standard_normal((N_LAYER, n, N_HEAD_KV * D)).astype(np.float16)
+            times: dict[int, list[float]] = {16: [], 8: []}
+            recall.cold_scores(q, lse, keys, N_HEAD_KV, WINDOW)  # warm up
+            for _ in range(args.repeats):
+                for newest in times:
+                    recall.COARSE_QUERIES = newest
+                    times[newest].append(
+                        _median_seconds(
+                            lambda keys=keys: recall.cold_scores(q, lse, keys, N_HEAD_KV, WINDOW), 1
+                        )
+                    )
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(
+                f"cold_scores, {n} cold tokens: newest 16 queries {med[16]:.3f} s, newest 8 "
+                f"{med[8]:.3f} s ({med[8] / med[16]:.2f}x)"
+            )
+    finally:
+        recall.COARSE_QUERIES = shipped
+
+
+if __name__ == "__main__":
+    main()
