@@ -27,12 +27,23 @@ from pathlib import Path
 from common import default_model, machine
 
 
-def _rss_mib(pid: int | str = "self") -> float:
+def _status_mib(pid: int | str, field: str) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mib(pid: int | str = "self") -> float:
+    return _status_mib(pid, "VmRSS")
+
+
+def _rss_parts(pid: int | str = "self") -> dict:
+    """RSS split into anonymous memory (heap, numpy arrays, llama.cpp buffers) and file-backed
+    pages (the mapped model and cold store: clean pages the kernel may drop), to tell growth
+    of what the process holds from pages of files it has read."""
+    return dict(rss_anon_mib=_status_mib(pid, "RssAnon"), rss_file_mib=_status_mib(pid, "RssFile"))
 
 
 def _turns(n: int):
@@ -86,6 +97,7 @@ def soak_api(args) -> list[dict]:
                 cells=st.cells_used,
                 max_after_update=st.max_cells_after_update,
                 rss_mib=_rss_mib(),
+                **_rss_parts(),
                 cold_tokens=st.cold_tokens,
                 cold_mib=st.cold_bytes / 2**20,
                 recalled=st.tokens_recalled,
@@ -171,6 +183,7 @@ def soak_chat(args) -> list[dict]:
                 cold_tokens=cold,
                 recalled=recalled,
                 rss_mib=_rss_mib(child.pid),
+                **_rss_parts(child.pid),
             )
         )
         tokens = seen
@@ -202,6 +215,9 @@ def verdict(rows: list[dict], budget: int) -> dict:
         never_above_budget=not over,
         rss_spread=max(abs(x - med) / med for x in rss),
         rss_flat=all(abs(x - med) / med <= 0.05 for x in rss),
+        # growth, not allocator noise: the last quarter's median against the second's
+        rss_q2_mib=statistics.median(r["rss_mib"] for r in rows[n // 4 : n // 2] or rows),
+        rss_q4_mib=statistics.median(r["rss_mib"] for r in rows[3 * n // 4 :] or rows),
         s_per_token_q2=q2,
         s_per_token_q4=q4,
         time_flat=q4 <= 1.25 * q2,
@@ -257,8 +273,12 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
     axes[0].plot(x, [r["cells"] for r in rows], lw=0.8)
     axes[0].axhline(budget, color="k", ls="--", lw=0.8, label="budget")
     axes[0].set_ylabel("KV cells after the turn")
-    axes[1].plot(x, [r["rss_mib"] for r in rows], lw=0.8)
-    axes[1].set_ylabel("RSS (MiB)")
+    axes[1].plot(x, [r["rss_mib"] for r in rows], lw=0.8, label="RSS")
+    if "rss_anon_mib" in rows[0]:
+        axes[1].plot(x, [r["rss_anon_mib"] for r in rows], lw=0.8, label="anonymous")
+        axes[1].plot(x, [r["rss_file_mib"] for r in rows], lw=0.8, label="file-backed")
+        axes[1].legend(fontsize=7)
+    axes[1].set_ylabel("MiB")
     axes[2].plot(x, [1000 * r["s_per_token"] for r in rows], lw=0.5)
     axes[2].set_ylabel("ms per new token")
     if any(r.get("cold_tokens") for r in rows):  # recall's work grows with the cold store

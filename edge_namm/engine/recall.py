@@ -35,6 +35,7 @@ from numba import njit
 
 COARSE_QUERIES = 16  # window queries (the newest) the coarse pass over a large cold store uses
 CANDIDATES = 2048  # cold tokens the coarse pass hands on to exact scoring
+COARSE_STRIDE = 1  # the coarse pass reads every COARSE_STRIDE-th cold token (a power of two)
 TILE = 2048  # cold tokens scored at once: the [queries x TILE] logits stay in cache
 RELEASE_EVERY = 4 * TILE  # cold tokens the coarse pass reads between hand-backs of mapped pages
 # a recalled token brings the cold tokens this close before and after it: a ~16-token fact,
@@ -161,23 +162,35 @@ def cold_scores(
     n_head_kv: int,
     window: int,
     release: Callable[[], None] | None = None,
+    coarse_queries: int = COARSE_QUERIES,
+    coarse_layers: range | None = None,
+    coarse_stride: int = COARSE_STRIDE,
 ) -> np.ndarray:
     """token_scores of the cold tokens; past CANDIDATES of them, only those a coarse pass (the
-    newest COARSE_QUERIES queries) ranks best are scored exactly, the others score -inf.
+    newest `coarse_queries` queries, in `coarse_layers`, default all) ranks best are scored
+    exactly, the others score -inf. With `coarse_stride` s > 1 the coarse pass reads every
+    s-th cold token and the best of those bring the s - 1 tokens stored after them.
     `release` is called after every RELEASE_EVERY cold tokens the coarse pass reads (a store
     memory-mapped under cold_dir hands those pages back, so a recall does not pull the whole
     store into the process)."""
     n_cold = cold_keys.shape[1]
     if n_cold <= CANDIDATES:
         return token_scores(q, cold_keys, lse, n_head_kv)
-    q_new, lse_new = newest_queries(q, lse, window, COARSE_QUERIES)
-    coarse = np.empty(n_cold, dtype=np.float32)
+    q_new, lse_new = newest_queries(q, lse, window, coarse_queries)
+    s = coarse_stride
+    if s < 1 or RELEASE_EVERY % s or CANDIDATES % s:
+        raise ValueError(f"coarse_stride must divide {RELEASE_EVERY} and {CANDIDATES}, got {s}")
+    coarse = np.empty(-(-n_cold // s), dtype=np.float32)
     for start in range(0, n_cold, RELEASE_EVERY):
-        part = slice(start, start + RELEASE_EVERY)
-        coarse[part] = token_scores(q_new, cold_keys[:, part], lse_new, n_head_kv)
+        coarse[start // s : (start + RELEASE_EVERY) // s] = token_scores(
+            q_new, cold_keys[:, start : start + RELEASE_EVERY : s], lse_new, n_head_kv,
+            coarse_layers,
+        )  # fmt: skip
         if release is not None:
             release()
-    index = np.sort(np.argpartition(-coarse, CANDIDATES)[:CANDIDATES])
+    best = np.argpartition(-coarse, CANDIDATES // s)[: CANDIDATES // s]
+    index = (best[:, None] * s + np.arange(s)).ravel()
+    index = np.sort(index[index < n_cold])
     picked = cold_keys[:, index]  # a gather touches a page per (layer, token): hand them back
     if release is not None:
         release()
