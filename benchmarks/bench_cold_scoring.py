@@ -7,7 +7,8 @@ heads, a 32-token window), one process, medians of --repeats interleaved runs:
 1. one layer's tile of 2,048 float16 keys widened to float32 by numpy (`astype`) and by the
    engine's lookup table (`as_float32`);
 2. `cold_scores` over each store size with the coarse pass reading the newest 16 queries (the
-   engine's setting) and the newest 8.
+   engine's setting) or the newest 8, and every cold token (the engine's setting) or every 2nd;
+   ratios against 16 queries over every token.
 """
 
 from __future__ import annotations
@@ -53,27 +54,29 @@ def main() -> None:
     )
     q = rng.standard_normal((N_LAYER, N_HEAD_KV, GROUP * WINDOW, D)).astype(np.float32)
     lse = rng.standard_normal((N_LAYER, N_HEAD_KV, GROUP * WINDOW)).astype(np.float32)
-    shipped = recall.COARSE_QUERIES
-    try:
-        for n in (int(c) for c in args.cold.split(",")):
-            keys = rng.standard_normal((N_LAYER, n, N_HEAD_KV * D)).astype(np.float16)
-            times: dict[int, list[float]] = {16: [], 8: []}
-            recall.cold_scores(q, lse, keys, N_HEAD_KV, WINDOW)  # warm up
-            for _ in range(args.repeats):
-                for newest in times:
-                    recall.COARSE_QUERIES = newest
-                    times[newest].append(
-                        _median_seconds(
-                            lambda keys=keys: recall.cold_scores(q, lse, keys, N_HEAD_KV, WINDOW), 1
-                        )
+    variants = [(16, 1), (8, 1), (16, 2), (8, 2)]  # (newest queries, cold-token stride)
+    for n in (int(c) for c in args.cold.split(",")):
+        keys = rng.standard_normal((N_LAYER, n, N_HEAD_KV * D)).astype(np.float16)
+        times: dict[tuple[int, int], list[float]] = {v: [] for v in variants}
+        recall.cold_scores(q, lse, keys, N_HEAD_KV, WINDOW)  # warm up
+        for _ in range(args.repeats):
+            for newest, stride in variants:
+                times[newest, stride].append(
+                    _median_seconds(
+                        lambda keys=keys, newest=newest, stride=stride: recall.cold_scores(
+                            q, lse, keys, N_HEAD_KV, WINDOW, None, newest, None, stride
+                        ),
+                        1,
                     )
-            med = {k: statistics.median(v) for k, v in times.items()}
-            print(
-                f"cold_scores, {n} cold tokens: newest 16 queries {med[16]:.3f} s, newest 8 "
-                f"{med[8]:.3f} s ({med[8] / med[16]:.2f}x)"
-            )
-    finally:
-        recall.COARSE_QUERIES = shipped
+                )
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = med[16, 1]
+        cells = ", ".join(
+            f"{newest} queries / every {'' if stride == 1 else f'{stride}nd '}token "
+            f"{med[newest, stride]:.3f} s ({med[newest, stride] / base:.2f}x)"
+            for newest, stride in variants
+        )
+        print(f"cold_scores, {n} cold tokens: {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Soak: a long scripted conversation under a fixed budget, through the API or the chat CLI.
 
     python benchmarks/soak.py [--tokens 100000] [--budget 1024] [--via api|chat] [--out DIR]
+        [--trim]
 
 User turns are essay paragraphs (about 150 tokens) with a question; replies are generated
 (seeded sampling, up to --reply tokens). Per turn it records the cells kept after the last
@@ -11,7 +12,9 @@ never above budget after an update; RSS after warm-up (the first 10% of turns) w
 median; time per new token flat (median of the last quarter within 25% of the second quarter's);
 no decode error; through the API, no token lost (every token of the conversation is in the hot
 cache or the cold store after every turn). The cold store is spilled to a temporary cold_dir so
-RSS measures the hot side.
+RSS measures the hot side. RSS is also split into anonymous and file-backed pages, and with
+--trim read again after the C heap's free memory is handed back to the OS (reported beside
+the rule, which stays on plain RSS).
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ def _rss_parts(pid: int | str = "self") -> dict:
     pages (the mapped model and cold store: clean pages the kernel may drop), to tell growth
     of what the process holds from pages of files it has read."""
     return dict(rss_anon_mib=_status_mib(pid, "RssAnon"), rss_file_mib=_status_mib(pid, "RssFile"))
+
+
+def _trimmed(trim: bool) -> dict:
+    """With --trim: hand the C heap's free memory back to the OS (glibc's malloc_trim) and
+    read RSS again, so a growth of what the process holds is told from the allocator keeping
+    or returning freed pages (the dips of earlier runs)."""
+    if not trim:
+        return {}
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return dict(rss_trimmed_mib=_rss_mib(), rss_anon_trimmed_mib=_status_mib("self", "RssAnon"))
 
 
 def _turns(n: int):
@@ -98,6 +113,7 @@ def soak_api(args) -> list[dict]:
                 max_after_update=st.max_cells_after_update,
                 rss_mib=_rss_mib(),
                 **_rss_parts(),
+                **_trimmed(args.trim),
                 cold_tokens=st.cold_tokens,
                 cold_mib=st.cold_bytes / 2**20,
                 recalled=st.tokens_recalled,
@@ -222,6 +238,13 @@ def verdict(rows: list[dict], budget: int) -> dict:
         s_per_token_q4=q4,
         time_flat=q4 <= 1.25 * q2,
     )
+    if "rss_trimmed_mib" in rows[0]:
+        trimmed = [r["rss_trimmed_mib"] for r in warm]
+        med_t = statistics.median(trimmed)
+        out.update(
+            rss_trimmed_spread=max(abs(x - med_t) / med_t for x in trimmed),
+            rss_trimmed_flat=all(abs(x - med_t) / med_t <= 0.05 for x in trimmed),
+        )
     if "lost" in rows[0]:
         out["no_token_lost"] = all(r["lost"] == 0 for r in rows)
     return out
@@ -238,6 +261,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--via", choices=["api", "chat"], default="api")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--trim", action="store_true",
+        help="(api) after each turn's reading, return free heap to the OS and read RSS again",
+    )  # fmt: skip
     args = p.parse_args()
     args.model = args.model or default_model()
     print(machine(), flush=True)
@@ -277,6 +304,9 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
     if "rss_anon_mib" in rows[0]:
         axes[1].plot(x, [r["rss_anon_mib"] for r in rows], lw=0.8, label="anonymous")
         axes[1].plot(x, [r["rss_file_mib"] for r in rows], lw=0.8, label="file-backed")
+    if "rss_trimmed_mib" in rows[0]:
+        axes[1].plot(x, [r["rss_trimmed_mib"] for r in rows], lw=0.8, label="RSS after trim")
+    if "rss_anon_mib" in rows[0]:
         axes[1].legend(fontsize=7)
     axes[1].set_ylabel("MiB")
     axes[2].plot(x, [1000 * r["s_per_token"] for r in rows], lw=0.5)

@@ -18,6 +18,7 @@ from edge_namm.engine.recall import (
     _grouped,
     as_float32,
     choose_swaps,
+    cold_scores,
     hot_scores,
     pool_tiers,
     recall_scores,
@@ -83,6 +84,33 @@ def test_a_large_cold_store_is_narrowed_without_losing_the_needle():
     finite = np.isfinite(cold)
     assert finite.sum() == CANDIDATES
     np.testing.assert_allclose(cold[finite], exact[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_a_coarse_pass_over_every_sth_token_still_finds_a_phrase(stride):
+    n = CANDIDATES * 5
+    queries, scales, keys, n_head_kv = _planted(n + 100, needle=100 + 5001)
+    d = keys.shape[2] // n_head_kv
+    keys[1, 100 + 5000 : 100 + 5000 + stride, d] = 5.0  # a phrase: the needle and its neighbours
+    hot_keys, cold_keys = keys[:, :100], keys[:, 100:].astype(np.float16)
+    q = _grouped(queries, scales, n_head_kv)
+    _, lse = hot_scores(q, hot_keys, n_head_kv)
+    cold = cold_scores(q, lse, cold_keys, n_head_kv, queries.shape[2], coarse_stride=stride)
+    exact = token_scores(q, cold_keys, lse, n_head_kv)
+    # the coarse pass read the phrase's first token; the tokens stored after it come along
+    assert set(range(5000, 5000 + stride)) <= set(np.flatnonzero(np.isfinite(cold)).tolist())
+    assert int(np.argmax(cold)) == int(np.argmax(exact))
+    finite = np.isfinite(cold)
+    assert finite.sum() == CANDIDATES
+    np.testing.assert_allclose(cold[finite], exact[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_a_coarse_stride_that_does_not_divide_the_chunks_is_refused():
+    queries, scales, keys, n_head_kv = _planted(CANDIDATES + 200, needle=7)
+    q = _grouped(queries, scales, n_head_kv)
+    _, lse = hot_scores(q, keys[:, :100], n_head_kv)
+    with pytest.raises(ValueError, match="coarse_stride must divide"):
+        cold_scores(q, lse, keys[:, 100:], n_head_kv, queries.shape[2], coarse_stride=3)
 
 
 def test_float16_keys_widen_exactly_for_every_bit_pattern():

@@ -14,7 +14,11 @@ token would get next to the hot tokens; the max keeps the sharp retrieval heads 
 out a needle (KVzip scores by the max too). No exponential over the cold store is needed.
 
 A large cold store is first narrowed by a coarse pass with the window's last COARSE_QUERIES
-queries only, every layer and head; the CANDIDATES best cold tokens are then scored exactly.
+queries only, every layer and head, over every COARSE_STRIDE-th cold token (a fact is a phrase
+the question's queries hit in several places, so reading half its tokens still finds it); the
+best of those, with the tokens stored after them, make the CANDIDATES that are scored exactly.
+(A coarse pass over a subset of layers is cheaper still but loses needles whenever the subset
+misses the model's few retrieval layers; docs/experiments/2026-11-30-coarse-stride.md.)
 (Quest-style page digests, per-page min/max keys, were tried and dropped: on SmolLM2 at 8k
 their bound ranked the needle's page anywhere from 2nd to 260th of 384 pages, while the last 16
 queries ranked the needle's best token in the top 9; docs/experiments/2026-11-30-recall-8k.md.)
@@ -35,7 +39,9 @@ from numba import njit
 
 COARSE_QUERIES = 16  # window queries (the newest) the coarse pass over a large cold store uses
 CANDIDATES = 2048  # cold tokens the coarse pass hands on to exact scoring
-COARSE_STRIDE = 1  # the coarse pass reads every COARSE_STRIDE-th cold token (a power of two)
+# the coarse pass reads every COARSE_STRIDE-th cold token (a power of two): half the cost, and
+# held-out needles still ranked in the top 1% at 64k cold tokens
+COARSE_STRIDE = 2
 TILE = 2048  # cold tokens scored at once: the [queries x TILE] logits stay in cache
 RELEASE_EVERY = 4 * TILE  # cold tokens the coarse pass reads between hand-backs of mapped pages
 # a recalled token brings the cold tokens this close before and after it: a ~16-token fact,
