@@ -12,6 +12,7 @@ import pytest
 from edge_namm import NammLlama, native
 from edge_namm.engine import EngineConfigError
 from edge_namm.engine.cold import ColdStoreError
+from edge_namm.engine.heap import _TRIM, release_free_heap
 from edge_namm.engine.recall import (
     CANDIDATES,
     RELEASE_EVERY,
@@ -510,3 +511,21 @@ def test_kvzip_with_recall_when_an_update_lands_in_the_prompts_last_tokens(tiny_
         assert llm.stats.recalls >= 1 and llm.stats.updates >= 10
     finally:
         llm.close()
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(_TRIM is None, reason="no glibc malloc_trim on this platform")
+def test_freed_heap_goes_back_to_the_os_after_a_recall():
+    # 64 MiB in blocks small enough for the heap, then one more block so that the freed ones
+    # are not at the heap's top (glibc trims the top by itself, never the middle)
+    blocks = [np.ones(8192) for _ in range(1024)]
+    pin = np.ones(8192)
+    del blocks
+    before = _rss_kib()
+    assert release_free_heap() is True
+    assert before - _rss_kib() > 32 * 1024  # most of the 64 MiB came back
+    del pin
