@@ -1,10 +1,11 @@
-"""Hand the C heap's free memory back to the operating system after a recall.
+"""Hand the C heap's free memory back to the operating system after a recall or an eviction.
 
-A recall allocates tens of MiB for a moment (the hot keys as float32, the gathered candidates'
-keys, the swapped tokens' K/V bytes). glibc keeps such freed blocks for reuse and returns them
-only now and then, so a long conversation's RSS swings by 8% while what the process holds stays
-within 1% (docs/experiments/2026-11-30-soak-100k.md, run 4). Trimming after each recall gives
-the memory back where an edge device can use it, at the cost of faulting it in again next time.
+Both allocate tens of MiB for a moment (a recall: the hot keys as float32, the gathered
+candidates' keys, the swapped tokens' K/V bytes; an eviction: the scorer's inputs and the K/V
+bytes moved to the cold store). glibc keeps such freed blocks for reuse and returns them only now
+and then, so a long conversation's RSS swings by 8% while what the process holds stays within 1%
+(docs/experiments/2026-11-30-soak-100k.md, run 4). Trimming after each (~0.1 ms) gives the memory
+back where an edge device can use it, at the cost of faulting it in again next time.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_namm import native
 from edge_namm.engine.cold import ColdBatch, ColdStore
+from edge_namm.engine.heap import release_free_heap
 from edge_namm.engine.recall import choose_swaps, pool_tiers, recall_scores
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import AttentionFeatures, FeatureConfig
@@ -153,6 +154,9 @@ class KVMemory:
             self._evict(view, evict, scores)
         for observer in self.on_update:
             observer(view, evict)
+        if len(evict):
+            # scoring and the move to the cold store allocate tens of MiB for a moment
+            release_free_heap()
         kept = view.n - len(evict)
         st = self.stats
         st.updates += 1
