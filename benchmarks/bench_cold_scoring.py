@@ -15,23 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
-from common import machine
+from common import machine, median_time
 
 from edge_namm.engine import recall
 
 N_LAYER, N_HEAD_KV, GROUP, D, WINDOW = 30, 3, 3, 64, 32
-
-
-def _median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,8 +36,10 @@ def main() -> None:
     tile = rng.standard_normal((recall.TILE, N_HEAD_KV * D)).astype(np.float16)
     out = np.empty(tile.shape, dtype=np.float32)
     recall.as_float32(tile, out)  # compile
-    numpy_s = _median_seconds(lambda: [tile.astype(np.float32) for _ in range(100)], args.repeats)
-    table_s = _median_seconds(lambda: [recall.as_float32(tile, out) for _ in range(100)], 3)
+    numpy_s = median_time(
+        lambda: [tile.astype(np.float32) for _ in range(100)], args.repeats, warmup=0
+    )
+    table_s = median_time(lambda: [recall.as_float32(tile, out) for _ in range(100)], 3, warmup=0)
     print(
         f"widen one tile (2,048 x 192): numpy {numpy_s * 1e4:.0f} us, table {table_s * 1e4:.0f} "
         f"us ({numpy_s / table_s:.1f}x)"
@@ -62,11 +54,12 @@ def main() -> None:
         for _ in range(args.repeats):
             for newest, stride in variants:
                 times[newest, stride].append(
-                    _median_seconds(
+                    median_time(
                         lambda keys=keys, newest=newest, stride=stride: recall.cold_scores(
                             q, lse, keys, N_HEAD_KV, WINDOW, None, newest, None, stride
                         ),
                         1,
+                        warmup=0,
                     )
                 )
         med = {k: statistics.median(v) for k, v in times.items()}

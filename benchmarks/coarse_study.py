@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import default_model, machine, needle_prompt_args  # noqa: E402
+from common import default_model, machine, median_time, needle_prompt_args  # noqa: E402
 from recall_study import capture  # noqa: E402
 
 VARIANTS = (
@@ -98,25 +96,31 @@ def padded(cap: dict, others: list[dict], pad: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate(keys, axis=1), np.concatenate(logical)
 
 
+def _inputs(cap: dict, variant: str, n_layer: int, window: int = 32):
+    """(grouped queries, hot scores, lse, layers, queries, stride) of a variant on a capture."""
+    from edge_namm.engine.recall import _grouped, hot_scores
+
+    layer_name, n_q, stride = parse(variant)
+    q = _grouped(cap["queries"][:, :, -window:], cap["scales"], cap["n_head_kv"])
+    hot, lse = hot_scores(q, cap["hot_keys"], cap["n_head_kv"])
+    peaks = hot_peaks(cap, q, lse) if layer_name.startswith("peak") else None
+    return q, hot, lse, layers_of(layer_name, n_layer, peaks), n_q, stride
+
+
 def select(cap: dict, cold_keys, cold_logical, variant: str, window: int = 32):
     """(whole answer hot after the swaps, best coarse rank of a cold token of the needle
     sentence; -1 when none of it is cold)."""
     from edge_namm.engine.recall import (
-        _grouped,
         choose_swaps,
         cold_scores,
-        hot_scores,
         newest_queries,
         pool_tiers,
         token_scores,
     )
     from edge_namm.policies.selection import protected_mask
 
-    layer_name, n_q, stride = parse(variant)
     g = cap["n_head_kv"]
-    q = _grouped(cap["queries"][:, :, -window:], cap["scales"], g)
-    hot, lse = hot_scores(q, cap["hot_keys"], g)
-    layers = layers_of(layer_name, cold_keys.shape[0], hot_peaks(cap, q, lse))
+    q, hot, lse, layers, n_q, stride = _inputs(cap, variant, cold_keys.shape[0], window)
     cold = cold_scores(q, lse, cold_keys, g, window, None, n_q, layers, stride)
     q_new, lse_new = newest_queries(q, lse, window, n_q)
     (na, ne), (va, ve) = cap["needle"], cap["answer"]
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
 def per_layer(caps: list[dict], window: int = 32) -> None:
     """Which layers see the needle: its best cold token's rank by each layer alone (all window
     queries), per prompt, in the prompt's own cold store."""
-    from edge_namm.engine.recall import _grouped, hot_scores, token_scores
+    from edge_namm.engine.recall import token_scores
 
     n_layer = caps[0]["cold_keys"].shape[0]
     print("| layer | " + " | ".join(c["sample"][-12:] for c in caps) + " |")
@@ -222,8 +226,7 @@ def per_layer(caps: list[dict], window: int = 32) -> None:
     ranks = np.zeros((n_layer, len(caps)), dtype=int)
     for j, cap in enumerate(caps):
         g = cap["n_head_kv"]
-        q = _grouped(cap["queries"][:, :, -window:], cap["scales"], g)
-        _, lse = hot_scores(q, cap["hot_keys"], g)
+        q, _, lse, *_ = _inputs(cap, f"all/{window}", n_layer, window)
         na, ne = cap["needle"]
         own = np.flatnonzero((cap["cold_logical"] >= na) & (cap["cold_logical"] < ne))
         for layer in range(n_layer):
@@ -235,19 +238,14 @@ def per_layer(caps: list[dict], window: int = 32) -> None:
 
 def time_coarse(cap: dict, cold_keys: np.ndarray, variant: str, repeats: int) -> float:
     """Median seconds of the engine's cold_scores on this store with this coarse pass."""
-    from edge_namm.engine.recall import _grouped, cold_scores, hot_scores
+    from edge_namm.engine.recall import cold_scores
 
-    layer_name, n_q, stride = parse(variant)
-    g = cap["n_head_kv"]
-    q = _grouped(cap["queries"][:, :, -32:], cap["scales"], g)
-    _, lse = hot_scores(q, cap["hot_keys"], g)
-    layers = layers_of(layer_name, cold_keys.shape[0], hot_peaks(cap, q, lse))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        cold_scores(q, lse, cold_keys, g, 32, None, n_q, layers, stride)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    q, _, lse, layers, n_q, stride = _inputs(cap, variant, cold_keys.shape[0])
+    return median_time(
+        lambda: cold_scores(q, lse, cold_keys, cap["n_head_kv"], 32, None, n_q, layers, stride),
+        repeats,
+        warmup=0,
+    )
 
 
 if __name__ == "__main__":

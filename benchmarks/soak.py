@@ -55,9 +55,9 @@ def _trimmed(trim: bool) -> dict:
     or returning freed pages (the dips of earlier runs)."""
     if not trim:
         return {}
-    import ctypes
+    from edge_namm.engine.heap import release_free_heap
 
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_heap()
     return dict(rss_trimmed_mib=_rss_mib(), rss_anon_trimmed_mib=_status_mib("self", "RssAnon"))
 
 
@@ -217,34 +217,44 @@ def soak_chat(args) -> list[dict]:
     return rows
 
 
+def _spread(values: list[float]) -> float:
+    """The largest relative distance from the median."""
+    med = statistics.median(values)
+    return max(abs(x - med) / med for x in values)
+
+
+def _quarters(rows: list[dict], key: str) -> tuple[float, float]:
+    """Medians of `key` over the second and the last quarter of the turns."""
+    n = len(rows)
+    return (
+        statistics.median(r[key] for r in rows[n // 4 : n // 2] or rows),
+        statistics.median(r[key] for r in rows[3 * n // 4 :] or rows),
+    )
+
+
 def verdict(rows: list[dict], budget: int) -> dict:
     n = len(rows)
     warm = rows[max(1, n // 10) :]
-    rss = [r["rss_mib"] for r in warm]
-    med = statistics.median(rss)
-    q2 = statistics.median(r["s_per_token"] for r in rows[n // 4 : n // 2] or rows)
-    q4 = statistics.median(r["s_per_token"] for r in rows[3 * n // 4 :] or rows)
+    rss_spread = _spread([r["rss_mib"] for r in warm])
+    q2, q4 = _quarters(rows, "s_per_token")
+    # growth, not allocator noise: the last quarter's median against the second's
+    rss_q2, rss_q4 = _quarters(rows, "rss_mib")
     over = [r for r in rows if r.get("max_after_update", 0) > budget]
     out = dict(
         turns=n,
         tokens=rows[-1]["tokens"],
         never_above_budget=not over,
-        rss_spread=max(abs(x - med) / med for x in rss),
-        rss_flat=all(abs(x - med) / med <= 0.05 for x in rss),
-        # growth, not allocator noise: the last quarter's median against the second's
-        rss_q2_mib=statistics.median(r["rss_mib"] for r in rows[n // 4 : n // 2] or rows),
-        rss_q4_mib=statistics.median(r["rss_mib"] for r in rows[3 * n // 4 :] or rows),
+        rss_spread=rss_spread,
+        rss_flat=rss_spread <= 0.05,
+        rss_q2_mib=rss_q2,
+        rss_q4_mib=rss_q4,
         s_per_token_q2=q2,
         s_per_token_q4=q4,
         time_flat=q4 <= 1.25 * q2,
     )
     if "rss_trimmed_mib" in rows[0]:
-        trimmed = [r["rss_trimmed_mib"] for r in warm]
-        med_t = statistics.median(trimmed)
-        out.update(
-            rss_trimmed_spread=max(abs(x - med_t) / med_t for x in trimmed),
-            rss_trimmed_flat=all(abs(x - med_t) / med_t <= 0.05 for x in trimmed),
-        )
+        trimmed_spread = _spread([r["rss_trimmed_mib"] for r in warm])
+        out.update(rss_trimmed_spread=trimmed_spread, rss_trimmed_flat=trimmed_spread <= 0.05)
     if "lost" in rows[0]:
         out["no_token_lost"] = all(r["lost"] == 0 for r in rows)
     return out
@@ -306,7 +316,7 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
         axes[1].plot(x, [r["rss_file_mib"] for r in rows], lw=0.8, label="file-backed")
     if "rss_trimmed_mib" in rows[0]:
         axes[1].plot(x, [r["rss_trimmed_mib"] for r in rows], lw=0.8, label="RSS after trim")
-    if "rss_anon_mib" in rows[0]:
+    if len(axes[1].lines) > 1:
         axes[1].legend(fontsize=7)
     axes[1].set_ylabel("MiB")
     axes[2].plot(x, [1000 * r["s_per_token"] for r in rows], lw=0.5)

@@ -519,7 +519,7 @@ def _rss_kib() -> int:
 
 
 @pytest.mark.skipif(_TRIM is None, reason="no glibc malloc_trim on this platform")
-def test_freed_heap_goes_back_to_the_os_after_a_recall():
+def test_release_free_heap_hands_freed_blocks_back_to_the_os():
     # 64 MiB in blocks small enough for the heap, then one more block so that the freed ones
     # are not at the heap's top (glibc trims the top by itself, never the middle)
     blocks = [np.ones(8192) for _ in range(1024)]

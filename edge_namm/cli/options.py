@@ -108,7 +108,7 @@ class RecallCap(click.ParamType):
             share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
         except ValueError:
             share = -1.0
-        if text.isdigit() or not 0.0 < share <= 1.0:
+        if not 0.0 < share <= 1.0:
             self.fail(
                 f"{value!r} is neither a token count (256) nor a share of the budget in (0, 1] "
                 "(0.5 or 50%)",

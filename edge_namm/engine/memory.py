@@ -279,6 +279,7 @@ class KVMemory:
             back = cold.take(in_cold)
             self._evict(view, out_hot, hot_scores)
             self._import(back)
+        release_free_heap()  # the float32 keys, the gathered candidates, the swapped K/V
         st = self.stats
         st.recalls += 1
         st.tokens_recalled += n

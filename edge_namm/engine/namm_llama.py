@@ -20,7 +20,6 @@ import numpy as np
 from edge_namm import native
 from edge_namm.engine.cold import ColdStoreError
 from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
-from edge_namm.engine.heap import release_free_heap
 from edge_namm.engine.memory import KVMemory
 from edge_namm.engine.positions import LogicalPositionContext, PositionMap, renumber
 from edge_namm.engine.stats import MemoryStats
@@ -386,7 +385,6 @@ class NammLlama(llama_cpp.Llama):
         if self._memory.recall(queries, scales, window + 1, self.recall_max):
             redecode = window if self.recall_redecode is None else self.recall_redecode
             self._redecode_last(max(1, min(redecode, window)))
-        release_free_heap()  # recall's transient arrays, or RSS swings with every prompt
         self._memory.stats.seconds_recall += time.perf_counter() - t0
 
     def _repeat_pass(self) -> None:
