@@ -354,3 +354,38 @@ def test_logprob_fitness_with_repeat_features_is_continuous_and_ships_the_flag(
     assert online and 0.0 < online[0]["fitness_mean"] < 10.0
     shipped = load_scorer(out / SCORER_FILE)
     assert shipped.feature_config["repeat"] is True
+
+
+def test_geometry_features_widen_the_init_scorer_and_reach_recordings(tiny_model, tmp_path):
+    """--geometry-features: a 25-input start is widened (its weights kept, zeros on the new
+    inputs), the recordings carry key geometry per update, and the shipped scorer reads it."""
+    from edge_namm.scorers import load_scorer, save_scorer
+    from edge_namm.scorers.registry import zero_scorer
+    from edge_namm.train.record import load_recordings
+
+    start = zero_scorer("mlp").with_params(np.linspace(-1.0, 1.0, 26))
+    save_scorer(start, tmp_path / "start.json")
+    out = tmp_path / "run"
+    config = _config(
+        tiny_model,
+        init_scorer=str(tmp_path / "start.json"),
+        geometry_features=True,
+        online_generations=0,
+        llama_kwargs={"n_threads": 1},
+    )
+    trainer = Trainer(config, out, progress=False, echo=lambda _m: None)
+    trainer.run()
+    np.testing.assert_allclose(trainer.state.start_params[:25], start.params[:25])
+    np.testing.assert_array_equal(trainer.state.start_params[25:28], 0.0)
+    (rec,) = load_recordings(out / "recordings-geometry" / "passkey.pkl")
+    assert len(rec.geometry) == len(rec.update_times) > 0
+    for t, spec, geo in zip(rec.update_times, rec.spec, rec.geometry, strict=True):
+        assert geo.shape == spec.shape[:2] + (3,) and spec.shape[1] == t
+    shipped = load_scorer(out / SCORER_FILE)
+    assert shipped.feature_config["geometry"] is True and shipped.n_params == 29
+    assert shipped.provenance["geometry_features"] is True
+    with pytest.raises(TrainConfigError, match="add --geometry-features"):
+        Trainer(
+            _config(tiny_model, init_scorer=str(out / SCORER_FILE)), tmp_path / "again",
+            progress=False, echo=lambda _m: None,
+        ).run()  # fmt: skip

@@ -171,6 +171,14 @@ def parse_lengths(text: str) -> list[int]:
     "scorer reads; the scorer file records it and the engine runs the pass for it (about one "
     "more prefill).",
 )
+@click.option(
+    "--geometry-features",
+    is_flag=True,
+    help="Let the scorer read each token's key and value geometry too (key norm, key "
+    "distinctiveness, value norm per layer and head: 28 inputs instead of 25). A 25-input "
+    "--init-scorer is widened with zero weights on the new inputs, so training starts from "
+    "its exact scores.",
+)
 @seed_option
 @folder_option(
     "--out",
@@ -209,6 +217,7 @@ def train(
     window,
     online_fitness,
     repeat_features,
+    geometry_features,
     seed,
     out_dir,
     save,
@@ -255,6 +264,7 @@ def train(
         window=window,
         online_fitness=online_fitness,
         repeat_features=repeat_features,
+        geometry_features=geometry_features,
         llama_kwargs=llama_kwargs,
         command="edge-namm train " + " ".join(shlex.quote(a) for a in sys.argv[1:][1:])
         if len(sys.argv) > 1 and sys.argv[1] == "train"

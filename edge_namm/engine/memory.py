@@ -62,6 +62,7 @@ class KVMemory:
         self.protect_recent = 0
         self.repeat_scores: np.ndarray | None = None  # per cell, set by a repeat pass
         self.cold: ColdStore | None = None
+        self._layout: native.CellLayout | None = None  # read on first use (value reads)
         self.token_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.last_recalled = np.empty(0, dtype=np.int64)  # logical positions, last recall
 
@@ -132,6 +133,7 @@ class KVMemory:
             n_head_kv=self.n_head_kv,
             features=self.features,
             read_keys=lambda: self.read_keys(cells),
+            read_values=lambda: self.read_values(cells),
             rng=self.rng,
             repeat_scores=self.repeat_scores,
         )
@@ -143,6 +145,14 @@ class KVMemory:
                 for il in self.capture.layers
             ]
         )
+
+    def read_values(self, cells: np.ndarray) -> np.ndarray:
+        """Cached values of these cells, float32 [n_layer, n, n_embd_v] (any V layout)."""
+        if self._layout is None:
+            self._layout = native.cell_layout(self.ctx)
+        layout = self._layout
+        _, v = native.export_cells(self.ctx, cells, layout)
+        return native.to_float(layout.v_type, v, layout.n_embd_v)
 
     def update(self) -> int:
         """Score the cache, evict, and return how many tokens went."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 from edge_namm._lazy import lazy_attributes
 
 from .vector import (
+    GEOMETRY_DIMS,
     STD_FLOOR,
     FeatureConfig,
     NormStats,
     age_embedding,
+    key_geometry,
     normalise,
     raw_features,
+    standardise_rows,
 )
 
 __getattr__ = lazy_attributes(
@@ -20,6 +23,7 @@ __getattr__ = lazy_attributes(
 
 
 __all__ = [
+    "GEOMETRY_DIMS",
     "STD_FLOOR",
     "AttentionFeatures",
     "FeatureConfig",
@@ -27,6 +31,8 @@ __all__ = [
     "age_embedding",
     "dft_tables",
     "hann_periodic",
+    "key_geometry",
     "normalise",
     "raw_features",
+    "standardise_rows",
 ]

@@ -2,7 +2,9 @@
 
 One definition shared by the engine (``policies/namm.py``), the scorers (their frozen z-score)
 and training (recordings and the offline simulator): ``[age embedding (age_dims), EMA
-spectrogram (n_bins)]`` per (layer, KV head) row and token (docs/DESIGN.md §1.2).
+spectrogram (n_bins), key geometry (GEOMETRY_DIMS, only with ``geometry``)]`` per (layer, KV
+head) row and token (docs/DESIGN.md §1.2). Geometry comes last so that a scorer trained
+without it widens by appending inputs (``scorers.with_geometry``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import numpy as np
 
 #: Floor on the standard deviation in :func:`normalise`, as in the reference.
 STD_FLOOR = 1e-7
+#: Key-geometry features per (layer, KV head, token): log key norm, key distinctiveness
+#: (KeyDiff: one minus the cosine to the row's mean key direction) and log value norm.
+GEOMETRY_DIMS = 3
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,10 @@ class FeatureConfig:
     #: Also fold the attention of a context-repeat pass into the stream at every update (KVzip's
     #: reconstruction signal, which makes tokens visible that later text never looks at).
     repeat: bool = False
+    #: Also read each cached token's key and value geometry (GEOMETRY_DIMS features per row):
+    #: the signals that see a needle best without the question (key distinctiveness and norm,
+    #: AUC 0.66-0.67 against 0.40 for received attention on SmolLM2).
+    geometry: bool = False
 
     def __post_init__(self) -> None:
         if self.n_fft < 8 or self.n_fft % 4 != 0:
@@ -40,8 +49,9 @@ class FeatureConfig:
             raise ValueError(f"age_dims must be even and >= 0, got {self.age_dims}")
         if self.age_base <= 0.0:
             raise ValueError(f"age_base must be > 0, got {self.age_base}")
-        if not isinstance(self.repeat, bool):
-            raise ValueError(f"repeat must be true or false, got {self.repeat!r}")
+        for flag in ("repeat", "geometry"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
 
     @property
     def n_bins(self) -> int:
@@ -49,9 +59,14 @@ class FeatureConfig:
         return self.n_fft // 2 + 1
 
     @property
+    def n_geometry(self) -> int:
+        """Key-geometry dims (GEOMETRY_DIMS with ``geometry``, else 0)."""
+        return GEOMETRY_DIMS if self.geometry else 0
+
+    @property
     def n_features(self) -> int:
-        """Feature vector length: ``age_dims + n_bins`` (25)."""
-        return self.age_dims + self.n_bins
+        """Feature vector length: ``age_dims + n_geometry + n_bins`` (25, or 28 with geometry)."""
+        return self.age_dims + self.n_geometry + self.n_bins
 
     @property
     def frame_decay(self) -> float:
@@ -82,21 +97,72 @@ def age_embedding(ages: np.ndarray, config: FeatureConfig = FeatureConfig()) -> 
     return np.concatenate([np.sin(ang), np.cos(ang)], axis=-1).astype(np.float32)
 
 
+def key_geometry(keys: np.ndarray, values: np.ndarray, n_head_kv: int) -> np.ndarray:
+    """Raw key geometry per (layer, KV head) row and token, float32 ``[L * n_head_kv, N, 3]``.
+
+    ``keys`` ``[L, N, n_head_kv * d_k]`` (after RoPE, as cached) and ``values`` ``[L, N,
+    n_head_kv * d_v]``. Per row: log key norm, one minus the cosine between the token's key and
+    the mean unit key of the row's tokens (KeyDiff's distinctiveness), log value norm.
+    """
+    n_layer, n, _ = keys.shape
+    k = np.asarray(keys, np.float32).reshape(n_layer, n, n_head_kv, -1).transpose(0, 2, 1, 3)
+    v = np.asarray(values, np.float32).reshape(n_layer, n, n_head_kv, -1).transpose(0, 2, 1, 3)
+    k_norm = np.linalg.norm(k, axis=-1)
+    unit = k / np.maximum(k_norm, 1e-6)[..., None]
+    anchor = unit.mean(axis=2, keepdims=True)
+    anchor /= np.maximum(np.linalg.norm(anchor, axis=-1, keepdims=True), 1e-6)
+    out = np.empty((n_layer, n_head_kv, n, GEOMETRY_DIMS), dtype=np.float32)
+    out[..., 0] = np.log(np.maximum(k_norm, 1e-6))
+    out[..., 1] = 1.0 - (unit * anchor).sum(axis=-1)
+    out[..., 2] = np.log(np.maximum(np.linalg.norm(v, axis=-1), 1e-6))
+    return out.reshape(n_layer * n_head_kv, n, GEOMETRY_DIMS)
+
+
+def standardise_rows(geometry_rows: np.ndarray) -> np.ndarray:
+    """z-score each row's geometry over the tokens given (float32, same shape).
+
+    Geometry is read relative to the tokens cached with it: what makes a key stand out is its
+    distance from the others in the same layer and head, and a per-row z-score needs no frozen
+    statistics, so one scorer reads any model's key scales.
+    """
+    g = np.asarray(geometry_rows, dtype=np.float32)
+    if g.shape[-2] == 0:
+        return g.copy()
+    mean = g.mean(axis=-2, keepdims=True)
+    std = g.std(axis=-2, keepdims=True)
+    return ((g - mean) / np.maximum(std, np.float32(1e-6))).astype(np.float32)
+
+
 def raw_features(
-    spectrogram_rows: np.ndarray, ages: np.ndarray, config: FeatureConfig = FeatureConfig()
+    spectrogram_rows: np.ndarray,
+    ages: np.ndarray,
+    config: FeatureConfig = FeatureConfig(),
+    geometry_rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``[age(age_dims), spectrogram(n_bins)]`` per token, float32 ``[R, N, n_features]``.
+    """``[age(age_dims), spectrogram(n_bins), geometry(n_geometry)]`` per token, float32
+    ``[R, N, n_features]``.
 
     ``spectrogram_rows`` is ``[R, N, n_bins]`` (any leading dims), ``ages`` ``[N]`` (or anything
-    broadcastable to ``spectrogram_rows.shape[:-1]``). Not normalised: the frozen normalisation
-    belongs to the scorer (:func:`normalise`).
+    broadcastable to ``spectrogram_rows.shape[:-1]``); with ``config.geometry``,
+    ``geometry_rows`` ``[R, N, GEOMETRY_DIMS]`` from :func:`key_geometry`, z-scored here over
+    these N tokens (:func:`standardise_rows`). The spectrogram is not normalised: the frozen
+    normalisation belongs to the scorer (:func:`normalise`).
     """
     spec = np.asarray(spectrogram_rows)
     if spec.shape[-1] != config.n_bins:
         raise ValueError(f"last dim must be {config.n_bins}, got {spec.shape}")
     out = np.empty(spec.shape[:-1] + (config.n_features,), dtype=np.float32)
-    out[..., : config.age_dims] = age_embedding(ages, config)
-    out[..., config.age_dims :] = spec
+    a, b, g = config.age_dims, config.n_bins, config.n_geometry
+    out[..., :a] = age_embedding(ages, config)
+    out[..., a : a + b] = spec
+    if g:
+        if geometry_rows is None:
+            raise ValueError("this feature config reads key geometry: pass geometry_rows")
+        geo = np.asarray(geometry_rows)
+        if geo.shape != spec.shape[:-1] + (g,):
+            want = [*spec.shape[:-1], g]
+            raise ValueError(f"geometry_rows must be {want}, got {list(geo.shape)}")
+        out[..., a + b :] = standardise_rows(geo)
     return out
 
 

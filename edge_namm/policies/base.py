@@ -31,6 +31,7 @@ class CacheView:
     n_head_kv: int
     features: AttentionFeatures | None = None
     read_keys: Callable[[], np.ndarray] | None = None  # -> [n_layer, n, n_embd_k] float32
+    read_values: Callable[[], np.ndarray] | None = None  # -> [n_layer, n, n_embd_v] float32
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     repeat_scores: np.ndarray | None = None  # per cell, from a repeat pass (needs_repeat)
 
@@ -47,6 +48,12 @@ class CacheView:
         if self.read_keys is None:
             raise RuntimeError("this engine does not expose keys")
         return self.read_keys()
+
+    def values(self) -> np.ndarray:
+        """Cached values of these tokens, [n_layer, n, n_embd_v]."""
+        if self.read_values is None:
+            raise RuntimeError("this engine does not expose values")
+        return self.read_values()
 
     def per_head(self, cell_state: np.ndarray) -> np.ndarray:
         """Select these tokens from a per-cell array [L, H, n_cells, ...] -> [L, H, n, ...]."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_namm.features import raw_features
+from edge_namm.features import key_geometry, raw_features
 from edge_namm.policies.base import CacheView, Policy
 from edge_namm.scorers import aggregate
 
@@ -16,8 +16,9 @@ from edge_namm.scorers import aggregate
 class NammPolicy(Policy):
     """Scores every (layer, KV head, token), then aggregates to one score per token.
 
-    `scorer` is a numpy or ONNX Runtime scorer (anything with `score(x[R, N, 25])`,
-    `feature_config` and `aggregation`). Scores below zero evict, as in the paper.
+    `scorer` is a numpy or ONNX Runtime scorer (anything with `score(x[R, N, F])`,
+    `feature_config` and `aggregation`). Scores below zero evict, as in the paper. A scorer
+    whose feature config has `geometry` also reads every cached key and value at each update.
     """
 
     name = "namm"
@@ -39,7 +40,11 @@ class NammPolicy(Policy):
         spec = view.per_head(view.features.spectrogram)  # [L, H, N, bins]
         n_layer, n_head, n, n_bins = spec.shape
         ages = view.newest_position - view.positions
-        x = raw_features(spec.reshape(n_layer * n_head, n, n_bins), ages, view.features.config)
+        config = view.features.config  # the scorer's (the engine builds the state from it)
+        geometry = None
+        if config.geometry:
+            geometry = key_geometry(view.keys(), view.values(), view.n_head_kv)
+        x = raw_features(spec.reshape(n_layer * n_head, n, n_bins), ages, config, geometry)
         return self.token_scores(x)
 
     def token_scores(self, x: np.ndarray) -> np.ndarray:

@@ -20,19 +20,31 @@ from .base import N_FEATURES, Scorer
 
 D_ATTN = 32
 """Width of q, k and v."""
-D_OUT = 2 * N_FEATURES
-"""W_o output: 25 residual values then 25 multiplicative gates."""
 
-# Flat parameter layout: (name, shape) in order.
-BAM_LAYOUT: tuple[tuple[str, tuple[int, ...]], ...] = (
-    ("W_qkv", (N_FEATURES, 3 * D_ATTN)),
-    ("b_qkv", (3 * D_ATTN,)),
-    ("W_o", (D_ATTN, D_OUT)),
-    ("b_o", (D_OUT,)),
-    ("W_s", (N_FEATURES, 1)),
-    ("b_s", (1,)),
-)
-BAM_N_PARAMS = sum(math.prod(shape) for _, shape in BAM_LAYOUT)  # 4172
+
+def bam_layout(n_features: int = N_FEATURES) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Flat parameter layout, (name, shape) in order, for inputs of ``n_features`` dims. W_o's
+    output is ``n_features`` residual values then ``n_features`` multiplicative gates."""
+    f = n_features
+    return (
+        ("W_qkv", (f, 3 * D_ATTN)),
+        ("b_qkv", (3 * D_ATTN,)),
+        ("W_o", (D_ATTN, 2 * f)),
+        ("b_o", (2 * f,)),
+        ("W_s", (f, 1)),
+        ("b_s", (1,)),
+    )
+
+
+BAM_LAYOUT = bam_layout()
+
+
+def bam_n_params(n_features: int = N_FEATURES) -> int:
+    """BAM's parameter count: 4,172 at 25 input dims, 4,661 at 28."""
+    return sum(math.prod(shape) for _, shape in bam_layout(n_features))
+
+
+BAM_N_PARAMS = bam_n_params()
 
 DEFAULT_BLOCK_ELEMS = 1 << 23
 """Attention-matrix elements (rows x queries x keys) computed at once: bounds memory (~32 MB)."""
@@ -47,11 +59,20 @@ def window_block(window: int) -> int:
     return max(64, window)
 
 
+def bam_width(n_params: int) -> int:
+    """Input width of a BAM with ``n_params`` parameters (the layout is linear in it)."""
+    per_dim = bam_n_params(N_FEATURES + 1) - BAM_N_PARAMS
+    width, rest = divmod(n_params - BAM_N_PARAMS, per_dim)
+    if rest:
+        raise ValueError(f"{n_params} is not a BAM parameter count")
+    return N_FEATURES + width
+
+
 def unpack_bam(params: np.ndarray) -> dict[str, np.ndarray]:
-    """Split the flat 4,172-vector into named arrays (views) following BAM_LAYOUT."""
+    """Split the flat vector (4,172 values at 25 input dims) into named arrays (views)."""
     out = {}
     pos = 0
-    for name, shape in BAM_LAYOUT:
+    for name, shape in bam_layout(bam_width(len(params))):
         size = math.prod(shape)
         out[name] = params[pos : pos + size].reshape(shape)
         pos += size
@@ -59,17 +80,17 @@ def unpack_bam(params: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def bam_params_from_linear(linear: np.ndarray) -> np.ndarray:
-    """BAM parameters that score exactly like the linear scorer ``linear`` (25 weights, bias).
+    """BAM parameters that score exactly like the linear scorer ``linear`` (F weights, bias).
 
     With W_qkv, b_qkv, W_o and b_o at zero, ``y = 0`` so ``h = x`` and the score is
     ``x @ W_s + b_s``: BAM contains the linear scorer. Training can then start BAM from an
     evolved or hand-set linear scorer instead of from zero, and search outward from it.
     """
     linear = np.asarray(linear, dtype=np.float64).reshape(-1)
-    if linear.size != N_FEATURES + 1:
+    if linear.size not in (N_FEATURES + 1, N_FEATURES + 4):
         raise ValueError(f"a linear scorer has {N_FEATURES + 1} parameters, got {linear.size}")
-    out = np.zeros(BAM_N_PARAMS)
-    out[-(N_FEATURES + 1) :] = linear  # W_s then b_s close the flat layout
+    out = np.zeros(bam_n_params(linear.size - 1))
+    out[-linear.size :] = linear  # W_s then b_s close the flat layout
     return out
 
 
@@ -121,9 +142,9 @@ def bam_scores(
     window: int | None = None,
     block_elems: int = DEFAULT_BLOCK_ELEMS,
 ) -> np.ndarray:
-    """BAM on normalised features z [R, N, 25] -> [R, N], blocked to bound memory."""
+    """BAM on normalised features z [R, N, F] -> [R, N], blocked to bound memory."""
     p = unpack_bam(params)
-    rows, n, _ = z.shape
+    rows, n, f = z.shape
     qkv = z @ p["W_qkv"] + p["b_qkv"]
     q = np.ascontiguousarray(qkv[..., :D_ATTN]) * np.float32(1.0 / math.sqrt(D_ATTN))
     k_t = np.ascontiguousarray(qkv[..., D_ATTN : 2 * D_ATTN].transpose(0, 2, 1))  # [R, 32, N]
@@ -149,7 +170,7 @@ def bam_scores(
             s /= s.sum(axis=-1, keepdims=True)
             a = s @ v[rs, i0:k1]  # [G, Bq, 32]
             y = a @ p["W_o"] + p["b_o"]
-            h = z[rs, i0:i1] * (1.0 + y[..., N_FEATURES:]) + y[..., :N_FEATURES]
+            h = z[rs, i0:i1] * (1.0 + y[..., f:]) + y[..., :f]
             out[rs, i0:i1] = (h @ p["W_s"])[..., 0] + p["b_s"][0]
     return out
 
@@ -158,7 +179,34 @@ class BAMScorer(Scorer):
     """Full backward-attention BAM: O(N^2) per row and update."""
 
     type_name: ClassVar[str] = "bam"
-    n_params: ClassVar[int] = BAM_N_PARAMS
+
+    @classmethod
+    def param_count(cls, n_features: int) -> int:
+        return bam_n_params(n_features)
+
+    @classmethod
+    def _widen(cls, params: np.ndarray, n_features: int, extra: int) -> np.ndarray:
+        p = unpack_bam(params)
+        f, g = n_features, n_features + extra
+        w_qkv = np.pad(p["W_qkv"], ((0, extra), (0, 0)))
+        v = slice(2 * D_ATTN, 2 * D_ATTN + f)
+        if g <= D_ATTN and np.all(np.diag(p["W_qkv"][:, v]) == 1):
+            # keep a bam-diagonal BAM's wiring (value dim i = feature i); W_o ignores the new
+            # value dims until training moves their diagonals
+            new = np.arange(f, g)
+            w_qkv[new, 2 * D_ATTN + new] = 1.0
+        w_o, b_o = p["W_o"], p["b_o"]
+        parts = {
+            "W_qkv": w_qkv,
+            "b_qkv": p["b_qkv"],
+            "W_o": np.pad(w_o.reshape(D_ATTN, 2, f), ((0, 0), (0, 0), (0, extra))).reshape(
+                D_ATTN, -1
+            ),
+            "b_o": np.pad(b_o.reshape(2, f), ((0, 0), (0, extra))).ravel(),
+            "W_s": np.pad(p["W_s"], ((0, extra), (0, 0))),
+            "b_s": p["b_s"],
+        }
+        return np.concatenate([parts[name].ravel() for name, _ in bam_layout(g)])
 
     @property
     def window(self) -> int | None:

@@ -1,9 +1,10 @@
 """Common scorer machinery: the `Scorer` base class, frozen normalisation, feature configs.
 
-Every scorer takes RAW per-cell features ``x`` of shape [R, N, 25] (R = (layer, kv-head) rows,
-N cells oldest first; dims = 8 age-embedding values then 17 un-normalised spectrogram bins),
-applies its own frozen z-score to dims 8..24 and returns float32 scores [R, N]. A score below
-zero means "evict" (docs/DESIGN.md §1.2-1.4). The normalisation ships with the scorer because the
+Every scorer takes RAW per-cell features ``x`` of shape [R, N, F] (R = (layer, kv-head) rows,
+N cells oldest first; dims = 8 age-embedding values, 17 un-normalised spectrogram bins, then 3
+key-geometry values when the feature config has ``geometry``: F = 25 or 28), applies its own
+frozen z-score to the 17 spectrogram dims and returns float32 scores [R, N]. A score below zero
+means "evict" (docs/DESIGN.md §1.2-1.4). The normalisation ships with the scorer because the
 parameters were evolved against it.
 """
 
@@ -17,13 +18,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_namm.features.vector import STD_FLOOR, FeatureConfig, normalise
+from edge_namm.features.vector import GEOMETRY_DIMS, STD_FLOOR, FeatureConfig, normalise
 
 _DEFAULT = FeatureConfig()
 N_FEATURES = _DEFAULT.n_features
-"""Feature vector width: AGE_DIMS age-embedding dims followed by N_BINS spectrogram bins."""
+"""Feature vector width without key geometry: AGE_DIMS age-embedding dims, N_BINS bins."""
 AGE_DIMS = _DEFAULT.age_dims
 N_BINS = _DEFAULT.n_bins
+SPECTROGRAM = slice(AGE_DIMS, AGE_DIMS + N_BINS)
+"""Where the spectrogram sits in a feature vector (key geometry, if read, follows it)."""
 
 AGGREGATIONS = ("mean", "max", "min")
 """How per-(layer, head) scores become one score per cell (see `aggregate`)."""
@@ -79,7 +82,11 @@ def feature_config_diff(actual: Any, expected: Any) -> list[str]:
 
 
 def check_feature_config(config: Mapping[str, Any]) -> None:
-    """Raise ScorerFileError when a feature config implies a width other than 25 dims."""
+    """Raise ScorerFileError when a feature config implies other than 8 age dims and 17 bins,
+    or its ``geometry`` flag is not a boolean."""
+    geometry = config.get("geometry", False)
+    if not isinstance(geometry, bool):
+        raise ScorerFileError(f"feature config 'geometry' must be true or false, got {geometry!r}")
     age = config.get("age_dims")
     n_fft = config.get("n_fft")
     if age is None or n_fft is None:
@@ -95,6 +102,11 @@ def check_feature_config(config: Mapping[str, Any]) -> None:
         )
 
 
+def feature_width(config: Any) -> int:
+    """Scorer input width for a feature config: 25, or 28 with key geometry."""
+    return N_FEATURES + (GEOMETRY_DIMS if feature_config_dict(config).get("geometry") else 0)
+
+
 def _vector(values: Any, n: int, what: str) -> np.ndarray:
     with np.errstate(over="ignore"):  # out-of-range values become inf, reported below
         arr = np.asarray(values, dtype=np.float32).reshape(-1)
@@ -108,12 +120,14 @@ def _vector(values: Any, n: int, what: str) -> np.ndarray:
 class Scorer(abc.ABC):
     """A NAMM scorer: frozen normalisation + a flat float32 parameter vector.
 
-    Subclasses set ``type_name``, ``n_params`` and implement ``_score_normalized``. Instances are
-    treated as immutable; ``with_params`` makes the copies CMA-ES needs for each candidate.
+    Subclasses set ``type_name``, implement ``param_count`` and ``_score_normalized``; the
+    class's ``n_params`` is its count at the default width (25), an instance's at its own
+    feature width (``n_features``). Instances are treated as immutable; ``with_params`` makes
+    the copies CMA-ES needs for each candidate.
     """
 
     type_name: ClassVar[str] = ""
-    n_params: ClassVar[int] = 0
+    n_params: int = 0
     option_defaults: ClassVar[dict[str, Any]] = {}
     backend: ClassVar[str] = "numpy"
     provider: ClassVar[str] = "numpy"
@@ -129,6 +143,9 @@ class Scorer(abc.ABC):
         provenance: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
+        self.feature_config = feature_config_dict(feature_config)
+        self.n_features = feature_width(self.feature_config)
+        self.n_params = self.param_count(self.n_features)
         self.params = (
             np.zeros(self.n_params, np.float32)
             if params is None
@@ -148,7 +165,6 @@ class Scorer(abc.ABC):
             raise ValueError("normalization std must be >= 0")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        self.feature_config = feature_config_dict(feature_config)
         self.aggregation = aggregation
         self.provenance = dict(provenance or {})
         unknown = sorted(set(options or {}) - set(self.option_defaults))
@@ -164,27 +180,41 @@ class Scorer(abc.ABC):
         self.norm_mean.setflags(write=False)
         self.norm_std.setflags(write=False)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None):
+            cls.n_params = cls.param_count(N_FEATURES)
+
+    @classmethod
+    @abc.abstractmethod
+    def param_count(cls, n_features: int) -> int:
+        """Parameters of this type for an input of ``n_features`` dims."""
+
     def _check_options(self) -> None:
         """Validate ``self.options``; subclasses with options override this."""
         return None
 
     # -- normalisation -----------------------------------------------------------------------
     def norm_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """25-wide (shift, divisor) with age dims passed through: z = (x - shift) / divisor."""
-        shift = np.zeros(N_FEATURES, np.float32)
-        div = np.ones(N_FEATURES, np.float32)
-        shift[AGE_DIMS:] = self.norm_mean
-        div[AGE_DIMS:] = np.maximum(self.norm_std, np.float32(STD_FLOOR))
+        """Input-wide (shift, divisor) with age and geometry dims passed through (geometry is
+        z-scored per row when the features are built): z = (x - shift) / divisor."""
+        shift = np.zeros(self.n_features, np.float32)
+        div = np.ones(self.n_features, np.float32)
+        shift[SPECTROGRAM] = self.norm_mean
+        div[SPECTROGRAM] = np.maximum(self.norm_std, np.float32(STD_FLOOR))
         return shift, div
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Apply the frozen z-score to spectrogram dims 8..24 (age dims unchanged)."""
-        return normalise(x, self.norm_mean, self.norm_std)
+        """Apply the frozen z-score to the 17 spectrogram dims (the others unchanged)."""
+        out = np.array(x, dtype=np.float32, copy=True)
+        head = out[..., : SPECTROGRAM.stop]  # age then spectrogram: normalise's layout
+        out[..., : SPECTROGRAM.stop] = normalise(head, self.norm_mean, self.norm_std)
+        return out
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Score raw features [R, N, 25] -> float32 [R, N]; negative means evict."""
-        x = check_features(x)
+        """Score raw features [R, N, n_features] -> float32 [R, N]; negative means evict."""
+        x = check_features(x, self.n_features)
         if x.shape[1] == 0:
             return np.zeros(x.shape[:2], np.float32)
         out = self._score_normalized(self.normalize(x))
@@ -192,7 +222,7 @@ class Scorer(abc.ABC):
 
     @abc.abstractmethod
     def _score_normalized(self, z: np.ndarray) -> np.ndarray:
-        """Score already-normalised features z [R, N, 25] (N >= 1) -> [R, N]."""
+        """Score already-normalised features z [R, N, n_features] (N >= 1) -> [R, N]."""
 
     # -- copies ------------------------------------------------------------------------------
     def with_params(self, flat: Any) -> Scorer:
@@ -206,6 +236,28 @@ class Scorer(abc.ABC):
             provenance=copy.deepcopy(self.provenance),
             options=self.options,
         )
+
+    def with_geometry(self) -> Scorer:
+        """The same scorer reading key geometry too (28 inputs), scoring exactly as before: the
+        weights of the new inputs are zero, so training can start from a trained scorer."""
+        if self.n_features != N_FEATURES:
+            raise ValueError("this scorer reads key geometry already")
+        config = {**self.feature_config, "geometry": True}
+        wide = self._widen(np.asarray(self.params, np.float64), N_FEATURES, GEOMETRY_DIMS)
+        return type(self)(
+            wide,
+            self.norm_mean,
+            self.norm_std,
+            feature_config=config,
+            aggregation=self.aggregation,
+            provenance=copy.deepcopy(self.provenance),
+            options=self.options,
+        )
+
+    @classmethod
+    @abc.abstractmethod
+    def _widen(cls, params: np.ndarray, n_features: int, extra: int) -> np.ndarray:
+        """Parameters for ``n_features + extra`` inputs that ignore the ``extra`` appended ones."""
 
     def info(self) -> dict[str, Any]:
         """Short description for ``edge-namm info`` and logs."""
@@ -229,11 +281,18 @@ def scorer_info(scorer: Any) -> dict[str, Any]:
     }
 
 
-def check_features(x: Any) -> np.ndarray:
-    """Return ``x`` as contiguous float32 [R, N, 25] or raise ValueError saying what is wrong."""
+def check_features(x: Any, n_features: int = N_FEATURES) -> np.ndarray:
+    """Return ``x`` as contiguous float32 [R, N, n_features] or raise ValueError saying what is
+    wrong."""
     arr = np.ascontiguousarray(x, dtype=np.float32)
-    if arr.ndim != 3 or arr.shape[2] != N_FEATURES:
+    if arr.ndim != 3 or arr.shape[2] != n_features:
+        widths = {N_FEATURES, N_FEATURES + GEOMETRY_DIMS}
+        hint = (
+            " (a scorer trained with key geometry reads 28; build the features with it)"
+            if arr.ndim == 3 and {arr.shape[2], n_features} == widths
+            else ""
+        )
         raise ValueError(
-            f"features must have shape [rows, cells, {N_FEATURES}], got {list(arr.shape)}"
+            f"features must have shape [rows, cells, {n_features}], got {list(arr.shape)}{hint}"
         )
     return arr

@@ -10,7 +10,8 @@ Layout (version 1)::
       "options": {"window": 256},            # type-specific, {} for most types
       "aggregation": "mean" | "max" | "min",  # per-(layer, head) scores -> one per cell
       "normalization": {"mean": [17 floats], "std": [17 floats]},
-      "features": {"n_fft": 32, "hop": 16, "ema_decay": 0.99, "age_dims": 8, "age_base": 50000.0},
+      "features": {"n_fft": 32, "hop": 16, "ema_decay": 0.99, "age_dims": 8, "age_base": 50000.0,
+                   "repeat": false, "geometry": false},  # geometry: 28 input dims, not 25
       "provenance": {...free: how it was trained, command, seed...},
       "params": [n_params floats]            # flat layout documented per type
     }
@@ -37,6 +38,7 @@ from .base import (
     ScorerFileError,
     check_feature_config,
     feature_config_diff,
+    feature_width,
 )
 from .registry import SCORERS
 
@@ -99,20 +101,28 @@ def check_header(
             f"{source}: unknown scorer type {type_name!r} (valid: {', '.join(SCORERS)})"
         )
     cls = SCORERS[type_name]
+    features = doc.get("features")
+    if not isinstance(features, Mapping):
+        raise ScorerFileError(f"{source}: 'features' must be an object (the feature config)")
+    try:
+        check_feature_config(features)
+    except ScorerFileError as exc:
+        raise ScorerFileError(f"{source}: {exc}") from None
+    want = cls.param_count(feature_width(features))
     n_params = doc.get("n_params")
-    if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params != cls.n_params:
+    if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params != want:
         raise ScorerFileError(
             f"{source}: parameter count mismatch for type {type_name!r}: "
-            f"expected {cls.n_params}, got n_params={n_params!r}"
+            f"expected {want}, got n_params={n_params!r}"
         )
     if need_params:
         params = doc.get("params")
         if not isinstance(params, list):
-            raise ScorerFileError(f"{source}: 'params' must be a list of {cls.n_params} numbers")
-        if len(params) != cls.n_params:
+            raise ScorerFileError(f"{source}: 'params' must be a list of {want} numbers")
+        if len(params) != want:
             raise ScorerFileError(
                 f"{source}: parameter count mismatch for type {type_name!r}: "
-                f"expected {cls.n_params}, got {len(params)} values in 'params'"
+                f"expected {want}, got {len(params)} values in 'params'"
             )
     norm = doc.get("normalization")
     mean = norm.get("mean") if isinstance(norm, Mapping) else None
@@ -134,13 +144,6 @@ def check_header(
             f"{source}: 'aggregation' is {doc.get('aggregation')!r}, "
             f"expected one of {', '.join(AGGREGATIONS)}"
         )
-    features = doc.get("features")
-    if not isinstance(features, Mapping):
-        raise ScorerFileError(f"{source}: 'features' must be an object (the feature config)")
-    try:
-        check_feature_config(features)
-    except ScorerFileError as exc:
-        raise ScorerFileError(f"{source}: {exc}") from None
     if expect_features is not None:
         diffs = feature_config_diff(features, expect_features)
         if diffs:

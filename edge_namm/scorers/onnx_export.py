@@ -1,6 +1,7 @@
 """Export a numpy scorer to an ONNX graph (built with onnx.helper, no PyTorch).
 
-The graph takes RAW features ``features`` float32 [R, N, 25] (R and N dynamic) and returns
+The graph takes RAW features ``features`` float32 [R, N, F] (R and N dynamic; F = 25, or 28
+with key geometry) and returns
 ``scores`` float32 [R, N]; the frozen normalisation is baked in as constants. For BAM the
 backward (and window) mask is built inside the graph from Range ops, and attention runs in a
 Loop over query blocks (``bam.attn_block_size``) so the N x N
@@ -32,7 +33,7 @@ from .bam import (
     unpack_bam,
     window_block,
 )
-from .base import N_FEATURES, Scorer
+from .base import Scorer
 from .file import scorer_header
 from .mlp import LinearScorer, TwoLayerScorer, unpack_linear, unpack_two_layer
 
@@ -87,7 +88,7 @@ def _dense(g: _Graph, x: str, w: np.ndarray, b: np.ndarray, hint: str) -> str:
 
 
 def _score_head(g: _Graph, h: str, w: np.ndarray, b: np.ndarray) -> str:
-    """h [R, N, 25] -> [R, N]: h @ w + b with the last axis squeezed."""
+    """h [R, N, F] -> [R, N]: h @ w + b with the last axis squeezed."""
     return g.op("Squeeze", [_dense(g, h, w, b, "score"), _i64(g, [2], "axis2")], "score_sq")
 
 
@@ -240,7 +241,7 @@ def _bam_graph(g: _Graph, scorer: BAMScorer, x: str, block_elems: int) -> str:
     attn = b.op("MatMul", [b.op("Softmax", [s], "p", axis=-1), vb], "attn")
     y = _dense(b, attn, p["W_o"][vo], p["b_o"], "y")
     res, mult = b.op(
-        "Split", [y, _i64(b, [N_FEATURES, N_FEATURES], "split")], "y_part", n_out=2, axis=2
+        "Split", [y, _i64(b, [scorer.n_features] * 2, "split")], "y_part", n_out=2, axis=2
     )
     gate = b.op("Add", [mult, b.const(1.0, "one_f")], "gate")
     h = b.op("Add", [b.op("Mul", [zb, gate]), res], "h")
@@ -287,7 +288,11 @@ def build_onnx_model(
     graph = helper.make_graph(
         g.nodes,
         f"edge_namm_{scorer.type_name.replace('-', '_')}",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["R", "N", N_FEATURES])],
+        [
+            helper.make_tensor_value_info(
+                INPUT_NAME, TensorProto.FLOAT, ["R", "N", scorer.n_features]
+            )
+        ],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["R", "N"])],
         initializer=g.inits,
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import N_FEATURES, Scorer, ScorerFileError, check_features, scorer_info
+from .base import Scorer, ScorerFileError, check_features, feature_width, scorer_info
 from .file import check_header
 
 log = logging.getLogger(__name__)
@@ -192,16 +192,17 @@ def _check_model(data: bytes, source: str, expect_features: Any) -> dict[str, An
         ]
 
     float_t = onnx.TensorProto.FLOAT
+    width = feature_width(header["features"])
     if (
         len(inputs) != 1
         or inputs[0].name != "features"
         or inputs[0].type.tensor_type.elem_type != float_t
         or len(dims(inputs[0])) != 3
-        or dims(inputs[0])[2] not in (None, N_FEATURES)
+        or dims(inputs[0])[2] not in (None, width)
     ):
         got = ", ".join(f"{i.name}{dims(i)}" for i in inputs) or "none"
         raise ScorerFileError(
-            f"{source}: expected one float input 'features' [R, N, {N_FEATURES}], got {got}"
+            f"{source}: expected one float input 'features' [R, N, {width}], got {got}"
         )
     if (
         len(outputs) != 1
@@ -239,6 +240,7 @@ class OnnxScorer:
         self.options: dict[str, Any] = dict(header.get("options", {}))
         self.aggregation: str = header["aggregation"]
         self.feature_config: dict[str, Any] = dict(header["features"])
+        self.n_features = feature_width(self.feature_config)
         self.provenance: dict[str, Any] = dict(header.get("provenance", {}))
         self.norm_mean = np.asarray(header["normalization"]["mean"], np.float32)
         self.norm_std = np.asarray(header["normalization"]["std"], np.float32)
@@ -250,8 +252,8 @@ class OnnxScorer:
             raise ScorerFileError(f"{self.source}: onnxruntime cannot load it ({exc})") from None
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Score raw features [R, N, 25] -> float32 [R, N]; negative means evict."""
-        x = check_features(x)
+        """Score raw features [R, N, n_features] -> float32 [R, N]; negative means evict."""
+        x = check_features(x, self.n_features)
         if x.shape[0] == 0 or x.shape[1] == 0:
             return np.zeros(x.shape[:2], np.float32)
         (out,) = self.session.run(["scores"], {"features": x})

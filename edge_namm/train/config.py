@@ -42,6 +42,7 @@ class TrainConfig:
     aggregation: str = "mean"
     online_fitness: str = "task"  # how phase 2 scores retrieval prompts (fitness.FITNESS_KINDS)
     repeat_features: bool = False  # fold a context-repeat pass into the features (KVzip signal)
+    geometry_features: bool = False  # the scorer also reads key/value geometry (28 inputs)
     mode: str = "after"
     llama_kwargs: dict = field(default_factory=dict)
     command: str = ""

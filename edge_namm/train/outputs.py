@@ -44,6 +44,7 @@ def provenance(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
         + " (score / full-cache score)",
         "online_fitness": cfg.online_fitness,
         "repeat_features": cfg.repeat_features,
+        "geometry_features": cfg.geometry_features,
         "command": cfg.command,
         "seed": cfg.seed,
         "stages": cfg.stages,

@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_namm.eval.budgets import full_cache_cells
 from edge_namm.eval.decoding import answer_tokens
-from edge_namm.features import FeatureConfig, NormStats, normalise, raw_features
+from edge_namm.features import FeatureConfig, NormStats, key_geometry, normalise, raw_features
 
 N_SINK_CAP = 4  # the first tokens soak up attention (attention sinks): cap their importance
 
@@ -43,10 +43,13 @@ class Recording:
     update_times: list[int]  # tokens seen at each update (<= n_prompt)
     spec: list[np.ndarray]  # per update: float16 [rows, update_time, n_bins] raw spectrogram
     importance: np.ndarray  # float64 [n_context], sums to 1
+    # per update: float16 [rows, update_time, 3] raw key geometry (features with `geometry`)
+    geometry: list[np.ndarray] = field(default_factory=list, repr=False)
     z: list[np.ndarray] = field(default_factory=list, repr=False)  # normalised, filled lazily
 
     def nbytes(self) -> int:
-        return int(sum(s.nbytes for s in self.spec) + sum(z.nbytes for z in self.z))
+        arrays = [*self.spec, *self.geometry, *self.z]
+        return int(sum(a.nbytes for a in arrays))
 
 
 def question_start(builder, sample, mode: str = "after") -> int:
@@ -125,9 +128,10 @@ def record_prompts(
                 llm.memory.on_update.append(lambda view, _ev: current["fn"](view))
             times: list[int] = []
             specs: list[np.ndarray] = []
+            geometry: list[np.ndarray] = []
             n_prompt = prep.n_input
 
-            def _observer(view, times=times, specs=specs, n_prompt=n_prompt):
+            def _observer(view, times=times, specs=specs, geometry=geometry, n_prompt=n_prompt):
                 t = int(view.newest_position) + 1
                 if t > n_prompt:
                     return
@@ -137,6 +141,9 @@ def record_prompts(
                     norm.update(rows)
                 times.append(t)
                 specs.append(rows.astype(np.float16))
+                if view.features.config.geometry:
+                    geo = key_geometry(view.keys(), view.values(), view.n_head_kv)
+                    geometry.append(geo.astype(np.float16))
 
             current["fn"] = _observer
             if prep.is_lm:
@@ -161,6 +168,7 @@ def record_prompts(
                     update_times=times,
                     spec=specs,
                     importance=imp,
+                    geometry=geometry,
                 )
             )
             if progress is not None:
@@ -199,6 +207,7 @@ def _strip(rec: Recording) -> Recording:
         rec.update_times,
         rec.spec,
         rec.importance,
+        rec.geometry,
     )
 
 
@@ -248,15 +257,20 @@ def simulate(
     """
     from edge_namm.policies import NammPolicy
 
-    config = config or FeatureConfig()
+    config = config or FeatureConfig.from_dict(scorer.feature_config or {})
+    if config.geometry and len(rec.geometry) != len(rec.update_times):
+        raise ValueError(
+            f"recording {rec.sample_id} has no key geometry; record it with a geometry scorer"
+        )
     policy = NammPolicy(scorer=scorer)  # the engine's scoring and selection rules
     if budget_cells >= rec.n_total:
         return 1.0, 1.0
     kept = np.empty(0, dtype=np.int64)
     prev = 0
-    for t, z in zip(rec.update_times, rec.z, strict=True):
+    for i, (t, z) in enumerate(zip(rec.update_times, rec.z, strict=True)):
         cand = np.concatenate([kept, np.arange(prev, t, dtype=np.int64)])
-        x = raw_features(z[:, cand], (t - 1) - cand, config)  # z: already normalised
+        geo = rec.geometry[i][:, cand] if config.geometry else None
+        x = raw_features(z[:, cand], (t - 1) - cand, config, geo)  # z: already normalised
         evict = policy.evictions(policy.token_scores(x), budget_cells)
         kept = np.delete(cand, evict)
         prev = t

@@ -18,7 +18,8 @@ the cells' own features, then searches only diagonals:
 - The free diagonals of ``W_o`` turn that mean into a per-feature residual and a per-feature
   multiplicative gate; the score head ``W_s``, ``b_s`` is free.
 
-That is 8 + 25 + 25 + 26 = 84 coordinates. With the free diagonals of ``W_o`` at zero the
+That is 8 + 25 + 25 + 26 = 84 coordinates (93 for a BAM that also reads key geometry, 28
+input dims). With the free diagonals of ``W_o`` at zero the
 residual and the gates vanish, so a linear scorer's start is kept exactly.
 """
 
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_namm.scorers.bam import BAM_N_PARAMS, D_ATTN, unpack_bam
-from edge_namm.scorers.base import AGE_DIMS, N_FEATURES
+from edge_namm.scorers.bam import D_ATTN, bam_n_params, bam_width, unpack_bam
+from edge_namm.scorers.base import AGE_DIMS
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,13 @@ def bam_diagonal(start: np.ndarray) -> Subspace:
     """The ``bam-diagonal`` subspace around ``start`` (a linear scorer as a BAM, or a point of
     this subspace); ValueError for a BAM that uses weights outside it."""
     start = np.asarray(start, dtype=np.float64).reshape(-1)
-    if start.size != BAM_N_PARAMS:
-        raise ValueError(f"a BAM has {BAM_N_PARAMS} parameters, got {start.size}")
-    at = unpack_bam(np.arange(BAM_N_PARAMS))  # flat index of every named weight
-    age, feat = np.arange(AGE_DIMS), np.arange(N_FEATURES)
+    try:
+        n_features = bam_width(start.size)
+    except ValueError:
+        raise ValueError(f"a BAM has {bam_n_params()} parameters, got {start.size}") from None
+    size = start.size
+    at = unpack_bam(np.arange(size))  # flat index of every named weight
+    age, feat = np.arange(AGE_DIMS), np.arange(n_features)
     wiring = np.concatenate(
         [at["W_qkv"][age, D_ATTN + age], at["W_qkv"][feat, 2 * D_ATTN + feat]]  # k: age, v: z
     )
@@ -71,16 +75,16 @@ def bam_diagonal(start: np.ndarray) -> Subspace:
         [
             at["W_qkv"][age, age],  # q: age kernel weights
             at["W_o"][feat, feat],  # residual per feature
-            at["W_o"][feat, N_FEATURES + feat],  # gate per feature
+            at["W_o"][feat, n_features + feat],  # gate per feature
             at["W_s"].ravel(),
             at["b_s"],
         ]
     )
-    outside = np.ones(BAM_N_PARAMS, bool)
+    outside = np.ones(size, bool)
     outside[free_idx] = False
     outside[wiring] = False
     wired = start[wiring]
-    mixing = start[free_idx[AGE_DIMS : AGE_DIMS + 2 * N_FEATURES]]  # W_o diagonals
+    mixing = start[free_idx[AGE_DIMS : AGE_DIMS + 2 * n_features]]  # W_o diagonals
     # wiring a start changes its scores unless it is wired already or its W_o is still zero
     wiring_ok = np.all(wired == 1) or (np.all(wired == 0) and not np.any(mixing != 0))
     if np.any(start[outside] != 0) or not wiring_ok:

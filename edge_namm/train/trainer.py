@@ -124,7 +124,8 @@ class Trainer:
     def feature_config(self) -> Any:
         from edge_namm.features import FeatureConfig
 
-        return FeatureConfig(repeat=self.config.repeat_features)
+        cfg = self.config
+        return FeatureConfig(repeat=cfg.repeat_features, geometry=cfg.geometry_features)
 
     def base_scorer(self) -> Any:
         from edge_namm.scorers import SCORERS
@@ -144,8 +145,9 @@ class Trainer:
         from edge_namm.train.record import load_recordings, record_prompts, save_recordings
 
         cfg = self.config
-        # features with the repeat pass folded in are other features: recorded apart
-        rec_dir = self.out / ("recordings-repeat" if cfg.repeat_features else "recordings")
+        # features with the repeat pass folded in, or with geometry, are recorded apart
+        extras = [("-repeat", cfg.repeat_features), ("-geometry", cfg.geometry_features)]
+        rec_dir = self.out / ("recordings" + "".join(name for name, on in extras if on))
         rec_dir.mkdir(exist_ok=True)
         out = []
         for task in tasks:
@@ -194,9 +196,15 @@ class Trainer:
         from edge_namm.scorers.bam import bam_params_from_linear
 
         cfg = self.config
-        n = SCORERS[cfg.scorer_type].n_params
+        n = SCORERS[cfg.scorer_type].param_count(self.feature_config.n_features)
         if cfg.init_scorer:
             init = load_scorer(cfg.init_scorer)
+            if cfg.geometry_features and not init.feature_config.get("geometry"):
+                init = init.with_geometry()  # the same scores, zero weights on the new inputs
+            elif init.feature_config.get("geometry") and not cfg.geometry_features:
+                raise TrainConfigError(
+                    f"--init-scorer {cfg.init_scorer} reads key geometry: add --geometry-features"
+                )
             bams = ("bam", "bam-window")
             if init.type_name == cfg.scorer_type or {init.type_name, cfg.scorer_type} <= set(bams):
                 start = np.asarray(init.params, dtype=np.float64)  # BAM and bam-window share them
