@@ -8,9 +8,10 @@ needle's tokens and the filler within +-150 tokens (age matched) as a ROC AUC: 0
 attention the question and answer pay to each token (what recall ranks with).
 
 A second table asks what a 25% budget needs: the share of needle tokens whose score ranks in
-the top quarter of the whole context, per signal and for the best linear combination of the
-query-agnostic ones (logistic regression on per-prompt ranks, fitted on the other prompts and
-scored on the held-out one): an upper bound on what a scorer reading these inputs could keep.
+the top quarter of the whole context, per signal (the policies' scores and the NAMM's three
+key-geometry inputs) and for the best linear combination of the query-agnostic ones (logistic
+regression on per-prompt ranks, fitted on the other prompts and scored on the held-out one): an
+upper bound on what a scorer reading these inputs could keep.
 
     python benchmarks/needle_signals.py [--prompts 3] [--length 2048]
 """
@@ -31,6 +32,10 @@ from common import default_model, machine, needle_prompt_args  # noqa: E402
 from needle_visibility import WINDOW, auc, needle_span  # noqa: E402
 
 POLICIES = ("h2o", "tova", "snapkv", "keydiff", "l2", "kvzip", "namm")
+# the NAMM's key-geometry inputs (FeatureConfig(geometry=True)), each z-scored per (layer, head)
+# row as the scorer reads it, then averaged over rows
+GEOMETRY = ("key norm (z)", "distinctiveness (z)", "value norm (z)")
+SIGNALS = (*POLICIES, *GEOMETRY)
 QUERY = "question (query-aware)"
 SINKS = 4  # every policy keeps the first tokens; they stay out of the ranking
 
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from edge_namm.eval.budgets import full_cache_cells
     from edge_namm.eval.decoding import answer_tokens
     from edge_namm.eval.prompting import PromptBuilder
+    from edge_namm.features import key_geometry, standardise_rows
     from edge_namm.policies import make_policy
     from edge_namm.train.record import question_start
     from edge_namm.train.trainer import training_samples
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             scores = {"kvzip": llm.policy.score(view)}
             for name, pol in scorers.items():
                 scores[name] = np.asarray(pol.score(view), dtype=np.float64)
+            geo = key_geometry(view.keys(), view.values(), view.n_head_kv)
+            for i, name in enumerate(GEOMETRY):
+                scores[name] = standardise_rows(geo)[..., i].mean(axis=0).astype(np.float64)
             before = view.per_head(llm.memory.features.attention_sum).sum(axis=(0, 1))
             llm.repeat_enabled = False
             llm.eval(prep.prompt[n_ctx:] + answer_tokens(builder, sample))
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({k: auc(v[a:e], v[neigh]) for k, v in scores.items()})
             rows[-1]["prompt"] = sample.sample_id
             rows[-1]["top"] = {k: top_quarter(v, a, e) for k, v in scores.items()}
-            ranked = np.stack([rankdata(scores[k][SINKS:]) / (n_ctx - SINKS) for k in POLICIES])
+            ranked = np.stack([rankdata(scores[k][SINKS:]) / (n_ctx - SINKS) for k in SIGNALS])
             label = np.zeros(n_ctx - SINKS)
             label[a - SINKS : e - SINKS] = 1.0
             rows[-1]["xy"] = (ranked.T, label, a, e)
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"machine: {machine()}; {len(rows)} prompts of ~{args.length} tokens; needle AUC")
     print()
-    table(rows, [*POLICIES, QUERY], lambda r: r, "median", np.median)
+    table(rows, [*SIGNALS, QUERY], lambda r: r, "median", np.median)
 
     # leave one prompt out: the combination is fitted on the other prompts
     for i, r in enumerate(rows):
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("Share of needle tokens in the top 25% of the context (what a 25% budget keeps):")
     print()
-    table(rows, [*POLICIES, "combination", QUERY], lambda r: r["top"], "mean", np.mean)
+    table(rows, [*SIGNALS, "combination", QUERY], lambda r: r["top"], "mean", np.mean)
 
 
 def table(rows: list[dict], cols: list[str], values, summary: str, reduce) -> None:
