@@ -146,3 +146,16 @@ def test_the_engine_feeds_geometry_from_its_own_keys_and_values(any_tiny):
             llm.close()
     assert kept["wide"] == kept["base"]
     assert kept["distinct"] != kept["base"]
+
+
+def test_export_writes_and_checks_a_geometry_scorer(tmp_path):
+    from click.testing import CliRunner
+
+    from edge_namm.cli.main import cli
+
+    scorer = _random_scorer("bam-window").with_geometry()
+    save_scorer(scorer.with_params(np.asarray(scorer.params) + 0.1), tmp_path / "g.json")
+    args = ["export", "--scorer", str(tmp_path / "g.json"), "--out", str(tmp_path / "g.onnx")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "4661 params" in result.output

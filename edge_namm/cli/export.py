@@ -29,8 +29,10 @@ def export(scorer_path: str | None, out_path: str, opset: int) -> None:
     source = Path(scorer_path) if scorer_path else default_scorer_path()
     scorer = load_scorer(source)
     export_onnx(scorer, out_path, opset=opset)
-    x = np.random.default_rng(0).normal(size=(6, 64, 25)).astype(np.float32)
-    x[..., 8:] = np.abs(x[..., 8:]) * scorer.norm_std + scorer.norm_mean
+    from edge_namm.scorers.base import SPECTROGRAM
+
+    x = np.random.default_rng(0).normal(size=(6, 64, scorer.n_features)).astype(np.float32)
+    x[..., SPECTROGRAM] = np.abs(x[..., SPECTROGRAM]) * scorer.norm_std + scorer.norm_mean
     err = float(np.abs(load_onnx_scorer(out_path).score(x) - scorer.score(x)).max())
     if not err <= 1e-4:
         raise click.ClickException(f"exported graph disagrees with numpy (max error {err:.2e})")

@@ -1,0 +1,124 @@
+"""Does a portable build run, and give the same answer, on CPUs this machine is not?
+
+`./build.sh --portable` ships one libggml-cpu-<variant>.so per x86-64 generation and picks one
+at load from CPUID. This script runs the same short edge-namm job (a NAMM-managed cache over
+real text: prefill, two memory updates, the logits of the last token) natively and then under
+QEMU's user-mode emulation with older or other CPU models (`qemu-x86_64 -cpu <model>`; QEMU
+answers CPUID for that model, so ggml, Numba and ONNX Runtime all dispatch as they would on
+it). Each run reports the variant that loaded, and its logits and kept tokens are compared with
+the native run's.
+
+    apt-get install qemu-user   # QEMU 7.2 or newer emulates AVX2, not AVX-512
+    python benchmarks/emulated_cpus.py --python .venv-portable/bin/python \\
+        --cpus Nehalem,Haswell,EPYC-Rome
+
+Emulation is slow (tens of times); the job is kept small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import default_model, machine  # noqa: E402
+
+TEXT = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def child(model: str, n_tokens: int) -> dict:
+    """The job itself: runs in the process being emulated; returns what the parent compares."""
+    from edge_namm import NammLlama
+    from edge_namm.cli.info import collect_info
+
+    llm = NammLlama(
+        model, policy="namm", budget=64, update_interval=32, chunk=32, n_threads=1, verbose=False
+    )
+    try:
+        tokens = llm.tokenize(TEXT.read_bytes()[:4000])[:n_tokens]
+        t0 = time.perf_counter()
+        llm.eval(tokens)
+        seconds = time.perf_counter() - t0
+        logits = np.asarray(llm.eval_logits[-1], dtype=np.float32)
+        info = collect_info()
+        return {
+            "variant": info.get("cpu_variant"),
+            "features": info.get("cpu_features_used"),
+            "seconds": seconds,
+            "kept": llm.kept_positions().tolist(),
+            "updates": llm.memory.stats.updates,
+            "logits": logits.tolist(),
+        }
+    finally:
+        llm.close()
+
+
+def run(python: str, cpu: str | None, model: str, n_tokens: int) -> dict:
+    cmd = [python, __file__, "--child", "--model", model, "--tokens", str(n_tokens)]
+    if cpu is not None:
+        cmd = ["qemu-x86_64", "-cpu", cpu, *cmd]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if "TCG doesn't support" not in line]
+        return {"error": f"exit {done.returncode}: " + " | ".join(errors[-5:]), "wall": wall}
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["wall"] = wall
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--python", default=sys.executable, help="the build's Python (its venv)")
+    ap.add_argument("--cpus", default="Nehalem,Haswell,EPYC-Rome", help="QEMU CPU models")
+    ap.add_argument("--model", default=None, help="GGUF (default: the default model)")
+    ap.add_argument("--tokens", type=int, default=96)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    model = args.model or str(default_model())
+    if args.child:
+        print(json.dumps(child(model, args.tokens)))
+        return
+
+    print(f"machine: {machine()}; build: {args.python}; {args.tokens} tokens of {Path(model).name}")
+    ref = run(args.python, None, model, args.tokens)
+    if "error" in ref:
+        raise SystemExit(f"the native run failed: {ref['error']}")
+    ref_logits = np.asarray(ref["logits"])
+    print()
+    print("| CPU (QEMU model) | variant loaded | job (s) | max logit diff | same top token "
+          "| same kept tokens |")  # fmt: skip
+    print("|---|---|---:|---:|---|---|")
+    print(f"| this machine (native) | {ref['variant']} | {ref['seconds']:.2f} | 0 | yes | yes |")
+    failed = False
+    for cpu in args.cpus.split(","):
+        got = run(args.python, cpu, model, args.tokens)
+        if "error" in got:
+            failed = True
+            print(f"| {cpu} | failed: {got['error'][:200]} | | | | |")
+            continue
+        logits = np.asarray(got["logits"])
+        diff = float(np.abs(logits - ref_logits).max())
+        top = int(logits.argmax()) == int(ref_logits.argmax())
+        kept = got["kept"] == ref["kept"]
+        failed |= not (top and kept)
+        print(
+            f"| {cpu} | {got['variant']} | {got['seconds']:.2f} | {diff:.2g} "
+            f"| {'yes' if top else 'NO'} | {'yes' if kept else 'NO'} |"
+        )
+    if failed:
+        raise SystemExit("at least one emulated CPU failed or answered differently")
+
+
+if __name__ == "__main__":
+    main()
