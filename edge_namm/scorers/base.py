@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_namm.features.vector import GEOMETRY_DIMS, STD_FLOOR, FeatureConfig, normalise
+from edge_namm.features.vector import GEOMETRY_DIMS, STD_FLOOR, FeatureConfig
 
 _DEFAULT = FeatureConfig()
 N_FEATURES = _DEFAULT.n_features
@@ -207,8 +207,8 @@ class Scorer(abc.ABC):
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Apply the frozen z-score to the 17 spectrogram dims (the others unchanged)."""
         out = np.array(x, dtype=np.float32, copy=True)
-        head = out[..., : SPECTROGRAM.stop]  # age then spectrogram: normalise's layout
-        out[..., : SPECTROGRAM.stop] = normalise(head, self.norm_mean, self.norm_std)
+        out[..., SPECTROGRAM] -= self.norm_mean
+        out[..., SPECTROGRAM] /= np.maximum(self.norm_std, np.float32(STD_FLOOR))
         return out
 
     # -- scoring -----------------------------------------------------------------------------
