@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_model, machine  # noqa: E402
 
 TEXT = Path(__file__).resolve().parent.parent / "README.md"
-LOGIT_TOL = 0.05  # another CPU variant may round differently; a wrong kernel is off by far more
-SCORE_TOL = 1e-3  # NAMM scores are O(1)
+# the rule tests/test_backend.py holds two kernels of one build to: quantized kernels differ in
+# rounding, a wrong one in everything
+MIN_CORRELATION = 0.999
 
 
 def child(model: str, n_tokens: int) -> dict:
@@ -50,7 +51,13 @@ def child(model: str, n_tokens: int) -> dict:
     first: dict = {}  # the first update's scores: every CPU scores the same tokens there
     score = llm.policy.score
 
+    def last_logits() -> np.ndarray:
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+        return np.array(logits, dtype=np.float32)
+
     def recording(view: Any) -> Any:
+        if not first:  # the cache holds the same tokens on every CPU until this update
+            first["logits"] = last_logits().tolist()
         out = score(view)
         first.setdefault("scores", np.asarray(out, dtype=np.float64).tolist())
         first.setdefault("positions", view.positions.tolist())
@@ -64,8 +71,7 @@ def child(model: str, n_tokens: int) -> dict:
         t0 = time.perf_counter()
         llm.eval(tokens)
         seconds = time.perf_counter() - t0
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
-        logits = np.array(logits, dtype=np.float32)  # the last token's, from llama.cpp
+        logits = last_logits()  # after evictions that may differ between CPUs (near-ties)
         info = collect_info()
         return {
             "variant": info.get("cpu_variant"),
@@ -74,6 +80,7 @@ def child(model: str, n_tokens: int) -> dict:
             "kept": llm.kept_positions().tolist(),
             "updates": llm.memory.stats.updates,
             "logits": logits.tolist(),
+            "first_logits": first["logits"],
             "scores": first["scores"],
             "scored_positions": first["positions"],
             "spectrogram": first["spectrogram"],
@@ -156,25 +163,28 @@ def main(argv: list[str] | None = None) -> None:
     ref_logits = np.asarray(ref["logits"])
     print()
     print(
-        "| CPU (QEMU model) | variant loaded | job (s) | max logit diff | same top token "
-        "| 1st update: max spectrogram diff | max NAMM score diff | kept tokens that differ |"
+        "| CPU (QEMU model) | variant loaded | job (s) | 1st update: logit correlation "
+        "| max logit diff | max spectrogram diff | max NAMM score diff | end: same top token "
+        "| kept tokens that differ |"
     )
-    print("|---|---|---:|---:|---|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
     print(
-        f"| this machine (native) | {ref['variant']} | {ref['seconds']:.2f} | 0 | yes | 0 | 0 | 0 |"
+        f"| this machine (native) | {ref['variant']} | {ref['seconds']:.2f} | 1 | 0 | 0 | 0 "
+        "| yes | 0 |"
     )
     failed = False
     for cpu in args.cpus.split(","):
         got = run(args.python, cpu, model, args.tokens, args.numba_cpu)
         if "error" in got:
             failed = True
-            print(f"| {cpu} | failed: {got['error'][:200]} | | | | | | |")
+            print(f"| {cpu} | failed: {got['error'][:200]} | | | | | | | |")
             continue
         logits = np.asarray(got["logits"])
-        diff = float(np.abs(logits - ref_logits).max())
+        diff = float(np.abs(np.subtract(got["first_logits"], ref["first_logits"])).max())
+        corr = float(np.corrcoef(got["first_logits"], ref["first_logits"])[0, 1])
         top = int(logits.argmax()) == int(ref_logits.argmax())
-        # SIMD paths sum in other orders: scores may differ in their last bits and flip a
-        # near-tie at the budget's edge, so the kept sets are reported, the scores judged
+        # another variant rounds attention differently, so features and scores move a little
+        # and a near-tie at the budget's edge can flip: reported, not judged
         same_view = got["scored_positions"] == ref["scored_positions"]
         score_diff, spec_diff = (
             (
@@ -185,10 +195,10 @@ def main(argv: list[str] | None = None) -> None:
             else (float("inf"), float("inf"))
         )
         kept_diff = len(set(got["kept"]) ^ set(ref["kept"])) // 2
-        failed |= not (top and diff <= LOGIT_TOL and score_diff <= SCORE_TOL)
+        failed |= not (top and corr > MIN_CORRELATION)
         print(
-            f"| {cpu} | {got['variant']} | {got['seconds']:.2f} | {diff:.2g} "
-            f"| {'yes' if top else 'NO'} | {spec_diff:.2g} | {score_diff:.2g} "
+            f"| {cpu} | {got['variant']} | {got['seconds']:.2f} | {corr:.6f} | {diff:.2g} "
+            f"| {spec_diff:.2g} | {score_diff:.2g} | {'yes' if top else 'NO'} "
             f"| {kept_diff} of {len(ref['kept'])} |"
         )
     if failed:
