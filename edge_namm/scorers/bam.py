@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edge_namm.features.vector import GEOMETRY_DIMS
+
 from .base import N_FEATURES, Scorer
 
 D_ATTN = 32
@@ -87,8 +89,11 @@ def bam_params_from_linear(linear: np.ndarray) -> np.ndarray:
     evolved or hand-set linear scorer instead of from zero, and search outward from it.
     """
     linear = np.asarray(linear, dtype=np.float64).reshape(-1)
-    if linear.size not in (N_FEATURES + 1, N_FEATURES + 4):
-        raise ValueError(f"a linear scorer has {N_FEATURES + 1} parameters, got {linear.size}")
+    if linear.size - 1 not in (N_FEATURES, N_FEATURES + GEOMETRY_DIMS):
+        raise ValueError(
+            f"a linear scorer has {N_FEATURES + 1} parameters (or {N_FEATURES + GEOMETRY_DIMS + 1} "
+            f"with key geometry), got {linear.size}"
+        )
     out = np.zeros(bam_n_params(linear.size - 1))
     out[-linear.size :] = linear  # W_s then b_s close the flat layout
     return out
