@@ -97,6 +97,15 @@ def age_embedding(ages: np.ndarray, config: FeatureConfig = FeatureConfig()) -> 
     return np.concatenate([np.sin(ang), np.cos(ang)], axis=-1).astype(np.float32)
 
 
+def cosine_to_mean_direction(keys: np.ndarray) -> np.ndarray:
+    """``[..., N, d] -> [..., N]``: the cosine between each key and the mean direction of the N
+    keys (KeyDiff's anchor; one minus it is a key's distinctiveness)."""
+    unit = keys / np.maximum(np.linalg.norm(keys, axis=-1, keepdims=True), 1e-6)
+    anchor = unit.mean(axis=-2, keepdims=True)
+    anchor /= np.maximum(np.linalg.norm(anchor, axis=-1, keepdims=True), 1e-6)
+    return (unit * anchor).sum(axis=-1)
+
+
 def key_geometry(keys: np.ndarray, values: np.ndarray, n_head_kv: int) -> np.ndarray:
     """Raw key geometry per (layer, KV head) row and token, float32 ``[L * n_head_kv, N, 3]``.
 
@@ -107,13 +116,9 @@ def key_geometry(keys: np.ndarray, values: np.ndarray, n_head_kv: int) -> np.nda
     n_layer, n, _ = keys.shape
     k = np.asarray(keys, np.float32).reshape(n_layer, n, n_head_kv, -1).transpose(0, 2, 1, 3)
     v = np.asarray(values, np.float32).reshape(n_layer, n, n_head_kv, -1).transpose(0, 2, 1, 3)
-    k_norm = np.linalg.norm(k, axis=-1)
-    unit = k / np.maximum(k_norm, 1e-6)[..., None]
-    anchor = unit.mean(axis=2, keepdims=True)
-    anchor /= np.maximum(np.linalg.norm(anchor, axis=-1, keepdims=True), 1e-6)
     out = np.empty((n_layer, n_head_kv, n, GEOMETRY_DIMS), dtype=np.float32)
-    out[..., 0] = np.log(np.maximum(k_norm, 1e-6))
-    out[..., 1] = 1.0 - (unit * anchor).sum(axis=-1)
+    out[..., 0] = np.log(np.maximum(np.linalg.norm(k, axis=-1), 1e-6))
+    out[..., 1] = 1.0 - cosine_to_mean_direction(k)
     out[..., 2] = np.log(np.maximum(np.linalg.norm(v, axis=-1), 1e-6))
     return out.reshape(n_layer * n_head_kv, n, GEOMETRY_DIMS)
 
@@ -166,22 +171,26 @@ def raw_features(
     return out
 
 
-def normalise(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Per-bin z-score of the trailing ``len(mean)`` dims, ``(x - mu) / max(sigma, 1e-7)``.
+def normalise(
+    features: np.ndarray, mean: np.ndarray, std: np.ndarray, start: int | None = None
+) -> np.ndarray:
+    """Per-bin z-score of ``len(mean)`` dims from ``start`` (default: the trailing ones),
+    ``(x - mu) / max(sigma, 1e-7)``.
 
-    One shared set of statistics for all layers and heads; the leading (age) dims are copied
-    unchanged. Returns a new float32 array.
+    One shared set of statistics for all layers and heads; the other (age, geometry) dims are
+    copied unchanged. Returns a new float32 array.
     """
     mean = np.asarray(mean, dtype=np.float32).ravel()
     std = np.asarray(std, dtype=np.float32).ravel()
     if mean.shape != std.shape:
         raise ValueError(f"mean {mean.shape} and std {std.shape} differ")
     out = np.array(features, dtype=np.float32, copy=True)
-    start = out.shape[-1] - mean.shape[0]
-    if start < 0:
+    start = out.shape[-1] - mean.shape[0] if start is None else start
+    dims = slice(start, start + mean.shape[0])
+    if start < 0 or dims.stop > out.shape[-1]:
         raise ValueError(f"features have {out.shape[-1]} dims < {mean.shape[0]} statistics")
-    out[..., start:] -= mean
-    out[..., start:] /= np.maximum(std, np.float32(STD_FLOOR))
+    out[..., dims] -= mean
+    out[..., dims] /= np.maximum(std, np.float32(STD_FLOOR))
     return out
 
 

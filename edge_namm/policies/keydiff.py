@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_namm.features import cosine_to_mean_direction
 from edge_namm.policies.base import CacheView, Policy
 from edge_namm.policies.keys import keys_per_head
 
@@ -15,9 +16,5 @@ class KeyDiffPolicy(Policy):
     name = "keydiff"
 
     def score(self, view: CacheView) -> np.ndarray:
-        keys = keys_per_head(view)  # [L, H, N, d]
-        unit = keys / np.maximum(np.linalg.norm(keys, axis=-1, keepdims=True), 1e-6)
-        anchor = unit.mean(axis=2, keepdims=True)
-        anchor /= np.maximum(np.linalg.norm(anchor, axis=-1, keepdims=True), 1e-6)
-        cosine = (unit * anchor).sum(axis=-1)  # [L, H, N]
+        cosine = cosine_to_mean_direction(keys_per_head(view))  # [L, H, N]
         return -cosine.mean(axis=(0, 1))

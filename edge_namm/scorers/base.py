@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_namm.features.vector import GEOMETRY_DIMS, STD_FLOOR, FeatureConfig
+from edge_namm.features.vector import GEOMETRY_DIMS, STD_FLOOR, FeatureConfig, normalise
 
 _DEFAULT = FeatureConfig()
 N_FEATURES = _DEFAULT.n_features
@@ -206,10 +206,7 @@ class Scorer(abc.ABC):
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Apply the frozen z-score to the 17 spectrogram dims (the others unchanged)."""
-        out = np.array(x, dtype=np.float32, copy=True)
-        out[..., SPECTROGRAM] -= self.norm_mean
-        out[..., SPECTROGRAM] /= np.maximum(self.norm_std, np.float32(STD_FLOOR))
-        return out
+        return normalise(x, self.norm_mean, self.norm_std, start=SPECTROGRAM.start)
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, x: np.ndarray) -> np.ndarray:

@@ -13,12 +13,13 @@ import numpy as np
 
 from .base import N_FEATURES, Scorer
 
-LINEAR_N_PARAMS = N_FEATURES + 1  # 26
-TWO_LAYER_N_PARAMS = N_FEATURES * N_FEATURES + 2 * N_FEATURES + 1  # 676
-
 
 def two_layer_n_params(n_features: int) -> int:
     return (n_features + 1) ** 2  # W1, b1, W2, b2
+
+
+LINEAR_N_PARAMS = N_FEATURES + 1  # 26
+TWO_LAYER_N_PARAMS = two_layer_n_params(N_FEATURES)  # 676
 
 
 def unpack_linear(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
