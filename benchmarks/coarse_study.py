@@ -17,11 +17,13 @@ script compares cheaper coarse passes on the same captured inputs:
    in the coarse pass (under 2,048 it is scored exactly).
 4. The coarse pass of each variant is timed on the padded store of the first prompt (medians).
 
-Variants are "<layers>/<queries>[/<stride>]": layers "all", "every<k>" (0, k, 2k, ..), "mid"
+Variants are "<layers>/<queries>[/<stride>[/r<rank>]]": layers "all", "every<k>" (0, k, 2k, ..), "mid"
 (the middle half) or "peak<k>" (the k layers whose window queries reach hardest into the hot
 past), with the newest <queries> window queries, reading every <stride>-th cold token (the
-best of those bring the stride - 1 stored after them to exact scoring). The rank column is
-then among the tokens read, for the needle tokens read.
+best of those bring the stride - 1 stored after them to exact scoring), through a rank-<rank>
+sketch of the keys per (layer, KV head) when given (its basis from the store's first 2,048
+tokens, this prompt's own, as the engine makes it). The rank column is then among the tokens
+read, for the needle tokens read.
 
     python benchmarks/coarse_study.py [--length 8192] [--prompts 6] [--split train|eval]
         [--pad 65536] [--captures runs/coarse.pkl]
@@ -47,10 +49,29 @@ VARIANTS = (
 FAR = 1_000_000  # logical offset between padding prompts: no pooling across them
 
 
-def parse(variant: str) -> tuple[str, int, int]:
-    """ "<layers>/<queries>[/<stride>]" -> (layers, queries, stride)."""
+def parse(variant: str) -> tuple[str, int, int, int]:
+    """ "<layers>/<queries>[/<stride>[/r<rank>]]" -> (layers, queries, stride, sketch rank or
+    0)."""
     parts = variant.split("/")
-    return parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
+    stride = int(parts[2]) if len(parts) > 2 else 1
+    rank = int(parts[3].removeprefix("r")) if len(parts) > 3 else 0
+    return parts[0], int(parts[1]), stride, rank
+
+
+_SKETCHES: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def sketch_of(cold_keys: np.ndarray, n_head_kv: int, rank: int):
+    """(basis, sketched keys) of a padded store, the basis from its first CANDIDATES tokens."""
+    from edge_namm.engine.recall import CANDIDATES, sketch_basis, sketch_keys
+
+    if rank == 0:
+        return None
+    key = (id(cold_keys), rank)
+    if key not in _SKETCHES:
+        basis = sketch_basis(cold_keys[:, :CANDIDATES], n_head_kv, rank)
+        _SKETCHES[key] = (basis, sketch_keys(cold_keys, basis))
+    return _SKETCHES[key]
 
 
 def hot_peaks(cap: dict, q: np.ndarray, lse: np.ndarray) -> np.ndarray:
@@ -100,7 +121,7 @@ def _inputs(cap: dict, variant: str, n_layer: int, window: int = 32):
     """(grouped queries, hot scores, lse, layers, queries, stride) of a variant on a capture."""
     from edge_namm.engine.recall import _grouped, hot_scores
 
-    layer_name, n_q, stride = parse(variant)
+    layer_name, n_q, stride, _ = parse(variant)
     q = _grouped(cap["queries"][:, :, -window:], cap["scales"], cap["n_head_kv"])
     hot, lse = hot_scores(q, cap["hot_keys"], cap["n_head_kv"])
     peaks = hot_peaks(cap, q, lse) if layer_name.startswith("peak") else None
@@ -121,14 +142,19 @@ def select(cap: dict, cold_keys, cold_logical, variant: str, window: int = 32):
 
     g = cap["n_head_kv"]
     q, hot, lse, layers, n_q, stride = _inputs(cap, variant, cold_keys.shape[0], window)
-    cold = cold_scores(q, lse, cold_keys, g, window, None, n_q, layers, stride)
+    sketch = sketch_of(cold_keys, g, parse(variant)[3])
+    cold = cold_scores(q, lse, cold_keys, g, window, None, n_q, layers, stride, sketch)
     q_new, lse_new = newest_queries(q, lse, window, n_q)
+    coarse_keys = cold_keys
+    if sketch is not None:
+        q_new = np.einsum("lgqd,lgdr->lgqr", q_new, sketch[0])
+        coarse_keys = sketch[1]
     (na, ne), (va, ve) = cap["needle"], cap["answer"]
     own = np.flatnonzero((cap["cold_logical"] >= na) & (cap["cold_logical"] < ne))
     rank = -1
     own = own[own % stride == 0]  # the needle tokens the coarse pass reads
     if len(own):
-        coarse = token_scores(q_new, cold_keys[:, ::stride], lse_new, g, layers)
+        coarse = token_scores(q_new, coarse_keys[:, ::stride], lse_new, g, layers)
         rank = int((coarse > coarse[own // stride].max()).sum())
     hot, cold = pool_tiers(hot, cap["hot_logical"], cold, cold_logical)
     protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
@@ -204,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         print("| variant | whole answer hot | needle's coarse rank per prompt | coarse pass (s) |")
         print("|---|---:|---|---:|")
         stores = []
+        _SKETCHES.clear()  # keyed by the store's id, which a freed store's successor may reuse
         for i, cap in enumerate(caps):
             stores.append(padded(cap, caps[:i] + caps[i + 1 :], pad))
         for variant in variants:
@@ -241,8 +268,11 @@ def time_coarse(cap: dict, cold_keys: np.ndarray, variant: str, repeats: int) ->
     from edge_namm.engine.recall import cold_scores
 
     q, _, lse, layers, n_q, stride = _inputs(cap, variant, cold_keys.shape[0])
+    sketch = sketch_of(cold_keys, cap["n_head_kv"], parse(variant)[3])
     return median_time(
-        lambda: cold_scores(q, lse, cold_keys, cap["n_head_kv"], 32, None, n_q, layers, stride),
+        lambda: cold_scores(
+            q, lse, cold_keys, cap["n_head_kv"], 32, None, n_q, layers, stride, sketch
+        ),
         repeats,
         warmup=0,
     )
