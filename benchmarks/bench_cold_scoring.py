@@ -1,14 +1,16 @@
 """Scoring a cold store, in isolation: widening float16 keys, and the coarse pass's query count.
 
     python benchmarks/bench_cold_scoring.py [--cold 8192,32768,65536] [--repeats 3]
+        [--heads models/recall-heads-smollm2-135m.json]
 
 Random keys and queries of SmolLM2-135M's shape (30 layers, 3 KV heads of 64 dims, 9 query
 heads, a 32-token window), one process, medians of --repeats interleaved runs:
 1. one layer's tile of 2,048 float16 keys widened to float32 by numpy (`astype`) and by the
    engine's lookup table (`as_float32`);
 2. `cold_scores` over each store size with the coarse pass reading the newest 16 queries (the
-   engine's setting) or the newest 8, and every cold token (the engine's setting) or every 2nd;
-   ratios against 16 queries over every token.
+   engine's setting) or the newest 8, and every cold token or every 2nd (the engine's
+   setting), over every (layer, KV head) pair or, with --heads, over the file's pairs only;
+   ratios against 16 queries over every token and pair.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     )
     p.add_argument("--cold", default="8192,32768,65536")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--heads", default=None, help="a recall-heads file: time its pairs alone too")
     args = p.parse_args()
     print(machine())
     rng = np.random.default_rng(0)
@@ -46,28 +49,40 @@ def main() -> None:
     )
     q = rng.standard_normal((N_LAYER, N_HEAD_KV, GROUP * WINDOW, D)).astype(np.float32)
     lse = rng.standard_normal((N_LAYER, N_HEAD_KV, GROUP * WINDOW)).astype(np.float32)
-    variants = [(16, 1), (8, 1), (16, 2), (8, 2)]  # (newest queries, cold-token stride)
+    # (newest queries, cold-token stride, pairs read: None for all)
+    variants: list[tuple[int, int, str | None]] = [(16, 1, None), (8, 1, None), (16, 2, None)]
+    variants.append((8, 2, None))
+    masks: dict[str | None, np.ndarray | None] = {None: None}
+    if args.heads:
+        from edge_namm.engine.retrieval_heads import heads_mask, read_heads_file
+
+        masks[args.heads] = heads_mask(read_heads_file(args.heads)["heads"], N_LAYER, N_HEAD_KV)
+        variants.append((16, 2, args.heads))
     for n in (int(c) for c in args.cold.split(",")):
         keys = rng.standard_normal((N_LAYER, n, N_HEAD_KV * D)).astype(np.float16)
-        times: dict[tuple[int, int], list[float]] = {v: [] for v in variants}
+        times: dict[tuple, list[float]] = {v: [] for v in variants}
         recall.cold_scores(q, lse, keys, N_HEAD_KV, WINDOW)  # warm up
         for _ in range(args.repeats):
-            for newest, stride in variants:
-                times[newest, stride].append(
+            for v in variants:
+                newest, stride, heads = v
+                times[v].append(
                     median_time(
-                        lambda keys=keys, newest=newest, stride=stride: recall.cold_scores(
-                            q, lse, keys, N_HEAD_KV, WINDOW, None, newest, None, stride
+                        lambda keys=keys, newest=newest, stride=stride, heads=heads: (
+                            recall.cold_scores(
+                                q, lse, keys, N_HEAD_KV, WINDOW, None, newest, masks[heads], stride
+                            )
                         ),
                         1,
                         warmup=0,
                     )
                 )
         med = {k: statistics.median(v) for k, v in times.items()}
-        base = med[16, 1]
+        base = med[16, 1, None]
         cells = ", ".join(
-            f"{newest} queries / every {'' if stride == 1 else f'{stride}nd '}token "
-            f"{med[newest, stride]:.3f} s ({med[newest, stride] / base:.2f}x)"
-            for newest, stride in variants
+            f"{newest} queries / every {'' if stride == 1 else f'{stride}nd '}token"
+            f"{'' if heads is None else f' / {int(masks[heads].sum())} heads'} "
+            f"{med[newest, stride, heads]:.3f} s ({med[newest, stride, heads] / base:.2f}x)"
+            for newest, stride, heads in variants
         )
         print(f"cold_scores, {n} cold tokens: {cells}", flush=True)
 

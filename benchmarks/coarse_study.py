@@ -17,13 +17,12 @@ script compares cheaper coarse passes on the same captured inputs:
    in the coarse pass (under 2,048 it is scored exactly).
 4. The coarse pass of each variant is timed on the padded store of the first prompt (medians).
 
-Variants are "<layers>/<queries>[/<stride>[/r<rank>]]": layers "all", "every<k>" (0, k, 2k, ..), "mid"
-(the middle half) or "peak<k>" (the k layers whose window queries reach hardest into the hot
-past), with the newest <queries> window queries, reading every <stride>-th cold token (the
-best of those bring the stride - 1 stored after them to exact scoring), through a rank-<rank>
-sketch of the keys per (layer, KV head) when given (its basis from the store's first 2,048
-tokens, this prompt's own, as the engine makes it). The rank column is then among the tokens
-read, for the needle tokens read.
+Variants are "<layers>/<queries>[/<stride>]": layers "all", "every<k>" (0, k, 2k, ..), "mid"
+(the middle half), "peak<k>" (the k layers whose window queries reach hardest into the hot
+past) or "heads" (the (layer, KV head) pairs of the --heads file), with the newest <queries>
+window queries, reading every <stride>-th cold token (the best of those bring the stride - 1
+stored after them to exact scoring). The rank column is then among the tokens read, for the
+needle tokens read.
 
     python benchmarks/coarse_study.py [--length 8192] [--prompts 6] [--split train|eval]
         [--pad 65536] [--captures runs/coarse.pkl]
@@ -49,29 +48,10 @@ VARIANTS = (
 FAR = 1_000_000  # logical offset between padding prompts: no pooling across them
 
 
-def parse(variant: str) -> tuple[str, int, int, int]:
-    """ "<layers>/<queries>[/<stride>[/r<rank>]]" -> (layers, queries, stride, sketch rank or
-    0)."""
+def parse(variant: str) -> tuple[str, int, int]:
+    """ "<layers>/<queries>[/<stride>]" -> (layers, queries, stride)."""
     parts = variant.split("/")
-    stride = int(parts[2]) if len(parts) > 2 else 1
-    rank = int(parts[3].removeprefix("r")) if len(parts) > 3 else 0
-    return parts[0], int(parts[1]), stride, rank
-
-
-_SKETCHES: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def sketch_of(cold_keys: np.ndarray, n_head_kv: int, rank: int):
-    """(basis, sketched keys) of a padded store, the basis from its first CANDIDATES tokens."""
-    from edge_namm.engine.recall import CANDIDATES, sketch_basis, sketch_keys
-
-    if rank == 0:
-        return None
-    key = (id(cold_keys), rank)
-    if key not in _SKETCHES:
-        basis = sketch_basis(cold_keys[:, :CANDIDATES], n_head_kv, rank)
-        _SKETCHES[key] = (basis, sketch_keys(cold_keys, basis))
-    return _SKETCHES[key]
+    return parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 1
 
 
 def hot_peaks(cap: dict, q: np.ndarray, lse: np.ndarray) -> np.ndarray:
@@ -91,16 +71,27 @@ def hot_peaks(cap: dict, q: np.ndarray, lse: np.ndarray) -> np.ndarray:
     return peaks
 
 
-def layers_of(name: str, n_layer: int, peaks: np.ndarray | None = None) -> range | None:
-    """ "all", "mid" (the middle half), "every<k>" (layers 0, k, 2k, ..) or "peak<k>" (the k
-    layers with the highest hot_peaks)."""
-    if name.startswith("peak"):
-        return sorted(np.argsort(-peaks)[: int(name.removeprefix("peak"))].tolist())
+HEADS: list[np.ndarray] = []  # the --heads file's mask, for the "heads" variants
+
+
+def layers_of(
+    name: str, n_layer: int, n_head_kv: int, peaks: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The [n_layer, n_head_kv] mask of "all" (None), "mid" (the middle half), "every<k>"
+    (layers 0, k, 2k, ..), "peak<k>" (the k layers with the highest hot_peaks) or "heads"."""
     if name == "all":
         return None
-    if name == "mid":
-        return range(n_layer // 4, n_layer - n_layer // 4)
-    return range(0, n_layer, int(name.removeprefix("every")))
+    if name == "heads":
+        return HEADS[0]
+    if name.startswith("peak"):
+        layers = sorted(np.argsort(-peaks)[: int(name.removeprefix("peak"))].tolist())
+    elif name == "mid":
+        layers = range(n_layer // 4, n_layer - n_layer // 4)
+    else:
+        layers = range(0, n_layer, int(name.removeprefix("every")))
+    mask = np.zeros((n_layer, n_head_kv), dtype=bool)
+    mask[list(layers)] = True
+    return mask
 
 
 def padded(cap: dict, others: list[dict], pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,11 +112,12 @@ def _inputs(cap: dict, variant: str, n_layer: int, window: int = 32):
     """(grouped queries, hot scores, lse, layers, queries, stride) of a variant on a capture."""
     from edge_namm.engine.recall import _grouped, hot_scores
 
-    layer_name, n_q, stride, _ = parse(variant)
+    layer_name, n_q, stride = parse(variant)
     q = _grouped(cap["queries"][:, :, -window:], cap["scales"], cap["n_head_kv"])
     hot, lse = hot_scores(q, cap["hot_keys"], cap["n_head_kv"])
     peaks = hot_peaks(cap, q, lse) if layer_name.startswith("peak") else None
-    return q, hot, lse, layers_of(layer_name, n_layer, peaks), n_q, stride
+    heads = layers_of(layer_name, n_layer, cap["n_head_kv"], peaks)
+    return q, hot, lse, heads, n_q, stride
 
 
 def select(cap: dict, cold_keys, cold_logical, variant: str, window: int = 32):
@@ -142,19 +134,14 @@ def select(cap: dict, cold_keys, cold_logical, variant: str, window: int = 32):
 
     g = cap["n_head_kv"]
     q, hot, lse, layers, n_q, stride = _inputs(cap, variant, cold_keys.shape[0], window)
-    sketch = sketch_of(cold_keys, g, parse(variant)[3])
-    cold = cold_scores(q, lse, cold_keys, g, window, None, n_q, layers, stride, sketch)
+    cold = cold_scores(q, lse, cold_keys, g, window, None, n_q, layers, stride)
     q_new, lse_new = newest_queries(q, lse, window, n_q)
-    coarse_keys = cold_keys
-    if sketch is not None:
-        q_new = np.einsum("lgqd,lgdr->lgqr", q_new, sketch[0])
-        coarse_keys = sketch[1]
     (na, ne), (va, ve) = cap["needle"], cap["answer"]
     own = np.flatnonzero((cap["cold_logical"] >= na) & (cap["cold_logical"] < ne))
     rank = -1
     own = own[own % stride == 0]  # the needle tokens the coarse pass reads
     if len(own):
-        coarse = token_scores(q_new, coarse_keys[:, ::stride], lse_new, g, layers)
+        coarse = token_scores(q_new, cold_keys[:, ::stride], lse_new, g, layers)
         rank = int((coarse > coarse[own // stride].max()).sum())
     hot, cold = pool_tiers(hot, cap["hot_logical"], cold, cold_logical)
     protected = protected_mask(len(hot), cap["n_sink"], max(cap["n_recent"], window + 1))
@@ -196,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (medians)")
     ap.add_argument("--captures", type=Path, default=None, help="reuse/keep captures in this .pkl")
+    ap.add_argument("--heads", type=Path, default=None, help="recall-heads file ('heads' variants)")
     ap.add_argument(
         "--per-layer", action="store_true",
         help="instead: the needle's rank in each prompt's own cold store by each layer alone",
@@ -222,6 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         per_layer(caps)
         return
     variants = args.variants.split(",")
+    if args.heads is not None:
+        from edge_namm.engine.retrieval_heads import heads_mask, read_heads_file
+
+        shape = caps[0]["cold_keys"].shape[0], caps[0]["n_head_kv"]
+        HEADS.append(heads_mask(read_heads_file(args.heads)["heads"], *shape))
+        print(f"heads file: {args.heads} ({int(HEADS[0].sum())} heads)")
     print(f"machine: {machine()}")
     print(f"{len(caps)} {args.split} prompts of ~{args.length} tokens ({args.tasks}), NAMM at")
     print(f"budget {args.budget}; each cold store padded with the others' cold keys\n")
@@ -230,7 +224,6 @@ def main(argv: list[str] | None = None) -> None:
         print("| variant | whole answer hot | needle's coarse rank per prompt | coarse pass (s) |")
         print("|---|---:|---|---:|")
         stores = []
-        _SKETCHES.clear()  # keyed by the store's id, which a freed store's successor may reuse
         for i, cap in enumerate(caps):
             stores.append(padded(cap, caps[:i] + caps[i + 1 :], pad))
         for variant in variants:
@@ -257,7 +250,9 @@ def per_layer(caps: list[dict], window: int = 32) -> None:
         na, ne = cap["needle"]
         own = np.flatnonzero((cap["cold_logical"] >= na) & (cap["cold_logical"] < ne))
         for layer in range(n_layer):
-            sc = token_scores(q, cap["cold_keys"], lse, g, range(layer, layer + 1))
+            one = np.zeros((n_layer, g), dtype=bool)
+            one[layer] = True
+            sc = token_scores(q, cap["cold_keys"], lse, g, one)
             ranks[layer, j] = int((sc > sc[own].max()).sum()) if len(own) else -1
     for layer in range(n_layer):
         print(f"| {layer} | " + " | ".join(map(str, ranks[layer])) + " |")
@@ -268,11 +263,8 @@ def time_coarse(cap: dict, cold_keys: np.ndarray, variant: str, repeats: int) ->
     from edge_namm.engine.recall import cold_scores
 
     q, _, lse, layers, n_q, stride = _inputs(cap, variant, cold_keys.shape[0])
-    sketch = sketch_of(cold_keys, cap["n_head_kv"], parse(variant)[3])
     return median_time(
-        lambda: cold_scores(
-            q, lse, cold_keys, cap["n_head_kv"], 32, None, n_q, layers, stride, sketch
-        ),
+        lambda: cold_scores(q, lse, cold_keys, cap["n_head_kv"], 32, None, n_q, layers, stride),
         repeats,
         warmup=0,
     )

@@ -112,7 +112,9 @@ def diagnose(cap: dict, window: int = 32, page: int = 16) -> str:
     page_rank = int((bounds > bounds[top // page]).sum())
     ranks = []
     for stride in (3, 5):
-        sub = token_scores(q, keys, lse, g, range(0, n_layer, stride))
+        every = np.zeros((n_layer, g), dtype=bool)
+        every[::stride] = True
+        sub = token_scores(q, keys, lse, g, every)
         ranks.append(int((sub > sub[top]).sum()))
     for newest in (16, 8):
         q_new, lse_new = newest_queries(q, lse, window, newest)

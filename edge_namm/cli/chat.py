@@ -58,7 +58,8 @@ def render_memory(llm, width: int = 2000) -> str:
         where = "on disk" if st.cold_on_disk else "in RAM"
         summary += (
             f"\ncold store: {st.cold_tokens} tokens, {st.cold_bytes / (1 << 20):.1f} MiB {where};"
-            f" {st.tokens_recalled} recalled so far, {st.tokens_forgotten} forgotten for good"
+            f" {st.tokens_recalled} recalled so far, {st.tokens_forgotten} forgotten for good;"
+            f" a large store is first ranked through {llm.recall_heads}"
         )
     recalled = llm.memory.last_recalled
     if len(recalled):

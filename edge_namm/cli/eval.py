@@ -12,6 +12,7 @@ from edge_namm.cli.options import (
     chunk_option,
     folder_option,
     model_options,
+    recall_heads_option,
     recall_max_option,
     resolve_model,
     scorer_option,
@@ -41,6 +42,7 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
     "recalled by the question).",
 )
 @recall_max_option
+@recall_heads_option
 @click.option(
     "--budgets",
     default="0.125,0.25,0.5",
@@ -99,6 +101,7 @@ def eval_cmd(
     policies,
     recall,
     recall_max,
+    recall_heads,
     budgets,
     tasks,
     lengths,
@@ -144,6 +147,7 @@ def eval_cmd(
         chunk=chunk,
         scorer=scorer,
         recall_max=recall_max,
+        recall_heads=recall_heads,
         n_threads=threads,
         n_gpu_layers=n_gpu_layers,
         progress=True,

@@ -126,16 +126,28 @@ recall_max_option = click.option(
     "(0.5 or 50%). Default: a quarter of the budget.",
 )
 
+recall_heads_option = click.option(
+    "--recall-heads",
+    default=None,
+    metavar="auto|all|FILE",
+    help="(layer, KV head) pairs recall's coarse pass over a large cold store reads: 'auto' "
+    "(the calibration shipped for the model, else all), 'all', or a recall-heads file "
+    "(benchmarks/retrieval_heads.py). Default: auto.",
+)
+
 scorer_option = file_option(
     "--scorer", help="Scorer file for the namm policy (default: the shipped scorer)."
 )
 
 
-MEMORY_KEYS = ("policy", "scorer", "budget", "update_interval", "recall", "recall_max")
+MEMORY_KEYS = (
+    "policy", "scorer", "budget", "update_interval", "recall", "recall_max", "recall_heads",
+)  # fmt: skip
 
 
 def memory_options(recall: bool = True) -> Decorator:
-    """--policy, --scorer, --budget, --update-interval, --recall/--no-recall, --recall-max: the
+    """--policy, --scorer, --budget, --update-interval, --recall/--no-recall, --recall-max,
+    --recall-heads: the
     KV memory that `chat` and `serve` hold a conversation in, passed to the command as one
     `memory` dict (the arguments of `memory_engine`)."""
     recall_help = (
@@ -155,6 +167,7 @@ def memory_options(recall: bool = True) -> Decorator:
         update_interval_option(),
         click.option("--recall/--no-recall", default=recall, show_default=True, help=recall_help),
         recall_max_option,
+        recall_heads_option,
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -179,6 +192,7 @@ def memory_engine(
     recall: bool,
     n_gpu_layers: int,
     recall_max: int | float | None = None,
+    recall_heads: str | None = None,
     threads: int | None,
     reposition: bool = True,
     **kwargs: Any,
@@ -195,6 +209,7 @@ def memory_engine(
         update_interval=update_interval,
         recall=recall,
         recall_max=recall_max,
+        recall_heads=recall_heads or "auto",
         reposition=reposition,
         chunk=min(128, update_interval),
         n_gpu_layers=n_gpu_layers,

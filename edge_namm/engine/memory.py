@@ -62,6 +62,8 @@ class KVMemory:
         self.protect_recent = 0
         self.repeat_scores: np.ndarray | None = None  # per cell, set by a repeat pass
         self.cold: ColdStore | None = None
+        # (layer, KV head) pairs recall's coarse pass reads (None: all; engine/retrieval_heads.py)
+        self.coarse_heads: np.ndarray | None = None
         self._layout: native.CellLayout | None = None  # read on first use (value reads)
         self.token_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.last_recalled = np.empty(0, dtype=np.int64)  # logical positions, last recall
@@ -275,6 +277,7 @@ class KVMemory:
             cold.keys(),
             self.n_head_kv,
             release=cold.release,
+            coarse_heads=self.coarse_heads,
         )
         cold.release()
         protected = protected_mask(

@@ -22,6 +22,7 @@ from edge_namm.engine.cold import ColdStoreError
 from edge_namm.engine.errors import CacheFullError, EngineConfigError, ModelFileError
 from edge_namm.engine.memory import KVMemory
 from edge_namm.engine.positions import LogicalPositionContext, PositionMap, renumber
+from edge_namm.engine.retrieval_heads import resolve_recall_heads
 from edge_namm.engine.stats import MemoryStats
 from edge_namm.features import FeatureConfig
 from edge_namm.policies import attention_free, make_policy
@@ -109,6 +110,9 @@ class NammLlama(llama_cpp.Llama):
     at most `recall_max` per prompt (tokens, or a fraction of the budget such as 0.5; default
     budget / 4), then decode the last
     `recall_redecode` tokens again (default: the whole window) so they see them;
+    `recall_heads` picks the (layer, KV head) pairs the coarse pass over a large cold store
+    reads: "auto" (the calibration shipped for this model, else all), "all", a heads file or
+    a list of pairs (see engine/retrieval_heads.py);
     `cold_budget` caps the cold store in tokens, `cold_dir` spills it to memory-mapped files;
     see engine/recall.py), `feature_config` (feature constants when the policy has no scorer to
     dictate them, e.g. recording features for training). Other arguments go to llama_cpp.Llama;
@@ -135,6 +139,7 @@ class NammLlama(llama_cpp.Llama):
         recall_window: int = 32,
         recall_redecode: int | None = None,
         recall_max: int | float | None = None,
+        recall_heads: Any = "auto",
         cold_budget: int | None = None,
         cold_dir: str | None = None,
         feature_config: FeatureConfig | None = None,
@@ -258,7 +263,13 @@ class NammLlama(llama_cpp.Llama):
         self.recall_window = recall_window
         self.recall_redecode = recall_redecode
         self.recall_max = recall_max
+        #: what the coarse pass over a large cold store reads, in words (for /memory, info)
+        self.recall_heads = "none (recall off)"
         if recall:
+            mask, self.recall_heads = resolve_recall_heads(
+                recall_heads, self.metadata, self._memory.n_layer, self._memory.n_head_kv
+            )
+            self._memory.coarse_heads = mask
             self._memory.protect_recent = recall_window + 1
             self._memory.enable_cold(
                 lambda logical: self.input_ids[logical], cold_budget=cold_budget, cold_dir=cold_dir

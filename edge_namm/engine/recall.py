@@ -42,9 +42,6 @@ CANDIDATES = 2048  # cold tokens the coarse pass hands on to exact scoring
 # the coarse pass reads every COARSE_STRIDE-th cold token (a power of two): half the cost, and
 # held-out needles still ranked in the top 1% at 64k cold tokens
 COARSE_STRIDE = 2
-# the coarse pass reads each cold key through a rank-SKETCH_RANK projection per (layer, KV head)
-# instead of its d dims (keys are low-rank, Loki: Singhania et al., 2024): q . k ~ (q P) . (k P)
-SKETCH_RANK = 16
 TILE = 2048  # cold tokens scored at once: the [queries x TILE] logits stay in cache
 RELEASE_EVERY = 4 * TILE  # cold tokens the coarse pass reads between hand-backs of mapped pages
 # a recalled token brings the cold tokens this close before and after it: a ~16-token fact,
@@ -126,12 +123,16 @@ def token_scores(
     keys: np.ndarray,
     lse: np.ndarray,
     n_head_kv: int,
-    layers: range | None = None,
+    heads: np.ndarray | None = None,
 ) -> np.ndarray:
-    """score[t] = max over `layers` (default all), heads and window queries of the
-    log-attention, [N]. TILE tokens at a time, so the logits stay small and in cache."""
+    """score[t] = max over the (layer, KV head) pairs `heads` marks ([L, n_head_kv] bool,
+    default all) and over window queries of the log-attention, [N]. TILE tokens at a time, so
+    the logits stay small and in cache; unmarked layers and heads are never read."""
     n_layer, n, width = keys.shape
     d = width // n_head_kv
+    marked = np.ones((n_layer, n_head_kv), bool) if heads is None else np.asarray(heads, bool)
+    rows = [(layer, np.flatnonzero(marked[layer])) for layer in range(n_layer)]
+    rows = [(layer, groups) for layer, groups in rows if len(groups)]
     best = np.full(n, -np.inf, dtype=np.float32)
     # buffers reused across tiles: a fresh 1.5 MiB array per tile and layer costs its page
     # faults every time, which measured as much as the widening itself
@@ -142,9 +143,15 @@ def token_scores(
         part = best[start : start + TILE]
         m = len(part)
         z = z_buf[:, :m]
-        for layer in range(n_layer) if layers is None else layers:
-            k = as_float32(keys[layer, start : start + m], k_buf[:m])
-            for g in range(n_head_kv):
+        for layer, groups in rows:
+            if len(groups) == n_head_kv or keys.dtype == np.float32:  # one contiguous widening
+                k = as_float32(keys[layer, start : start + m], k_buf[:m])
+            else:
+                k = k_buf[:m]
+                for g in groups:
+                    cols = slice(g * d, (g + 1) * d)
+                    as_float32(keys[layer, start : start + m, cols], k[:, cols])
+            for g in groups:
                 np.matmul(q[layer, g], k[:, g * d : (g + 1) * d].T, out=z)
                 z -= lse[layer, g][:, None]
                 np.maximum(part, z.max(axis=0), out=part)
@@ -164,31 +171,6 @@ def newest_queries(
     return q_new, lse_new
 
 
-def sketch_basis(keys: np.ndarray, n_head_kv: int, rank: int = SKETCH_RANK) -> np.ndarray:
-    """Per (layer, KV head), the `rank` leading right singular vectors of keys [L, n,
-    n_head_kv * d]: a basis [L, n_head_kv, d, rank] that keeps most of each key's energy.
-    Uncentred, because the mean key direction is a large part of every q . k."""
-    n_layer, _, width = keys.shape
-    d = width // n_head_kv
-    rank = min(rank, d)
-    basis = np.zeros((n_layer, n_head_kv, d, rank), dtype=np.float32)
-    for layer, g, k in _blocks(keys, n_head_kv):
-        _, _, vt = np.linalg.svd(k.astype(np.float64), full_matrices=False)
-        basis[layer, g, :, : min(rank, len(vt))] = vt[:rank].T
-    return basis
-
-
-def sketch_keys(keys: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Keys [L, n, n_head_kv * d] in the sketch basis: [L, n, n_head_kv * rank] float32."""
-    n_layer, n, _ = keys.shape
-    _, n_head_kv, d, rank = basis.shape
-    out = np.empty((n_layer, n, n_head_kv * rank), dtype=np.float32)
-    for layer in range(n_layer):
-        k = as_float32(keys[layer]).reshape(n, n_head_kv, d)
-        out[layer] = np.einsum("ngd,gdr->ngr", k, basis[layer]).reshape(n, -1)
-    return out
-
-
 def cold_scores(
     q: np.ndarray,
     lse: np.ndarray,
@@ -197,16 +179,14 @@ def cold_scores(
     window: int,
     release: Callable[[], None] | None = None,
     coarse_queries: int = COARSE_QUERIES,
-    coarse_layers: range | None = None,
+    coarse_heads: np.ndarray | None = None,
     coarse_stride: int = COARSE_STRIDE,
-    sketch: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """token_scores of the cold tokens; past CANDIDATES of them, only those a coarse pass (the
-    newest `coarse_queries` queries, in `coarse_layers`, default all) ranks best are scored
+    newest `coarse_queries` queries, in the (layer, KV head) pairs `coarse_heads` marks,
+    default all; see engine/retrieval_heads.py) ranks best are scored
     exactly, the others score -inf. With `coarse_stride` s > 1 the coarse pass reads every
-    s-th cold token and the best of those bring the s - 1 tokens stored after them. With
-    `sketch` = (basis, sketched keys) from sketch_basis / sketch_keys, the coarse pass reads
-    the sketched keys and projects the queries the same way.
+    s-th cold token and the best of those bring the s - 1 tokens stored after them.
     `release` is called after every RELEASE_EVERY cold tokens the coarse pass reads (a store
     memory-mapped under cold_dir hands those pages back, so a recall does not pull the whole
     store into the process)."""
@@ -214,20 +194,14 @@ def cold_scores(
     if n_cold <= CANDIDATES:
         return token_scores(q, cold_keys, lse, n_head_kv)
     q_new, lse_new = newest_queries(q, lse, window, coarse_queries)
-    coarse_keys = cold_keys
-    if sketch is not None:
-        basis, coarse_keys = sketch
-        q_new = np.einsum("lgqd,lgdr->lgqr", q_new, basis)
-        if coarse_keys.shape[1] != n_cold:
-            raise ValueError(f"{coarse_keys.shape[1]} sketched keys for {n_cold} cold tokens")
     s = coarse_stride
     if s < 1 or RELEASE_EVERY % s or CANDIDATES % s:
         raise ValueError(f"coarse_stride must divide {RELEASE_EVERY} and {CANDIDATES}, got {s}")
     coarse = np.empty(-(-n_cold // s), dtype=np.float32)
     for start in range(0, n_cold, RELEASE_EVERY):
         coarse[start // s : (start + RELEASE_EVERY) // s] = token_scores(
-            q_new, coarse_keys[:, start : start + RELEASE_EVERY : s], lse_new, n_head_kv,
-            coarse_layers,
+            q_new, cold_keys[:, start : start + RELEASE_EVERY : s], lse_new, n_head_kv,
+            coarse_heads,
         )  # fmt: skip
         if release is not None:
             release()
@@ -249,15 +223,15 @@ def recall_scores(
     cold_keys: np.ndarray,
     n_head_kv: int,
     release: Callable[[], None] | None = None,
-    sketch: tuple[np.ndarray, np.ndarray] | None = None,
+    coarse_heads: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(hot scores [n_hot], cold scores [n_cold]) from queries [L, H, W, d], softmax scales [L]
-    and keys [L, n, n_head_kv * d] (cold keys may be float16); `release` and `sketch` as in
-    cold_scores."""
+    and keys [L, n, n_head_kv * d] (cold keys may be float16); `release` and `coarse_heads` as
+    in cold_scores."""
     q = _grouped(queries, scales, n_head_kv)
     hot, lse = hot_scores(q, hot_keys, n_head_kv)
     return hot, cold_scores(
-        q, lse, cold_keys, n_head_kv, queries.shape[2], release, sketch=sketch
+        q, lse, cold_keys, n_head_kv, queries.shape[2], release, coarse_heads=coarse_heads
     )
 
 

@@ -25,6 +25,7 @@ KEY_FIELDS = (
     "update_interval",
     "chunk",
     "recall_max",
+    "recall_heads",
 )
 
 

@@ -321,6 +321,7 @@ def run_eval(
     chunk: int = 128,
     scorer: Any = None,
     recall_max: int | float | None = None,
+    recall_heads: str | None = None,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     depths: Sequence[float] | None = None,
@@ -385,6 +386,8 @@ def run_eval(
             job.key_row["scorer"] = scorer_name
         if recall_max is not None and split_policy(job.policy)[1]:
             job.key_row["recall_max"] = recall_max  # a rerun with another cap is a new row
+        if recall_heads is not None and split_policy(job.policy)[1]:
+            job.key_row["recall_heads"] = recall_heads
     done = {row_key(r): r for r in read_results(results_path)}
     todo = [j for j in jobs if row_key(j.key_row) not in done]
     _warn_clamped(todo, min_cells)
@@ -410,6 +413,7 @@ def run_eval(
                     policy=base_policy,
                     recall=recall,
                     recall_max=recall_max if recall else None,
+                    recall_heads=recall_heads or "auto",
                     scorer=scorer if takes_scorer(policy) else None,
                     budget=cells,
                     update_interval=update_interval,
@@ -452,6 +456,7 @@ def run_eval(
             chunk=chunk,
             scorer=scorer_name,
             recall_max=recall_max,
+            recall_heads=recall_heads,
             n_threads=n_threads,
             rows_total=len(jobs),
             rows_new=len(new_rows),
