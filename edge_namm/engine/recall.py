@@ -17,8 +17,10 @@ A large cold store is first narrowed by a coarse pass with the window's last COA
 queries only, every layer and head, over every COARSE_STRIDE-th cold token (a fact is a phrase
 the question's queries hit in several places, so reading half its tokens still finds it); the
 best of those, with the tokens stored after them, make the CANDIDATES that are scored exactly.
-(A coarse pass over a subset of layers is cheaper still but loses needles whenever the subset
-misses the model's few retrieval layers; docs/experiments/2026-11-30-coarse-stride.md.)
+It reads only the model's retrieval heads when a calibration ships for the model
+(engine/retrieval_heads.py): a fixed subset of layers loses needles whenever it misses the
+model's few retrieval layers (docs/experiments/2026-11-30-coarse-stride.md), a calibrated set
+of (layer, KV head) pairs does not (docs/experiments/2026-12-01-retrieval-heads.md).
 (Quest-style page digests, per-page min/max keys, were tried and dropped: on SmolLM2 at 8k
 their bound ranked the needle's page anywhere from 2nd to 260th of 384 pages, while the last 16
 queries ranked the needle's best token in the top 9; docs/experiments/2026-11-30-recall-8k.md.)
@@ -277,15 +279,33 @@ def choose_swaps(
     cold_scores: np.ndarray,
     protected: np.ndarray,
     max_in: int | None = None,
+    victims: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(hot indices to evict, cold indices to recall), equally many: every recalled cold token
-    scores above every hot token it replaces, and protected hot tokens never leave."""
+    scores above the hot token it replaces, and protected hot tokens never leave. Hot tokens
+    leave in the order `victims` gives (hot indices, first to go first; default: the lowest
+    hot score first); the best cold token replaces the first of them it outscores."""
     candidates = np.flatnonzero(~protected)
-    hot_order = candidates[np.argsort(hot_scores[candidates], kind="stable")]  # worst first
     cold_order = np.argsort(-cold_scores, kind="stable")  # best first
-    n = min(len(hot_order), len(cold_order), len(cold_order) if max_in is None else max_in)
-    if n == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    gain = cold_scores[cold_order[:n]] > hot_scores[hot_order[:n]]
-    n_swap = int(np.argmin(gain)) if not gain.all() else n
-    return hot_order[:n_swap], cold_order[:n_swap]
+    cap = len(cold_order) if max_in is None else max_in
+    if victims is None:
+        hot_order = candidates[np.argsort(hot_scores[candidates], kind="stable")]  # worst first
+        n = min(len(hot_order), len(cold_order), cap)
+        if n == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        gain = cold_scores[cold_order[:n]] > hot_scores[hot_order[:n]]
+        n_swap = int(np.argmin(gain)) if not gain.all() else n
+        return hot_order[:n_swap], cold_order[:n_swap]
+    victims = np.asarray(victims)[~protected[victims]]
+    out: list[int] = []
+    j = 0
+    for c in cold_order[:cap]:
+        # cold scores only fall from here: a victim the cold token does not outscore stays
+        while j < len(victims) and hot_scores[victims[j]] >= cold_scores[c]:
+            j += 1
+        if j == len(victims):
+            break
+        out.append(int(victims[j]))
+        j += 1
+    n_swap = len(out)
+    return np.asarray(out, dtype=np.int64), cold_order[:n_swap]
