@@ -1,7 +1,7 @@
 """What query-aware recall costs, and how it grows with the cold store.
 
     python benchmarks/bench_recall.py [--cold 2048,8192,32768,65536] [--suffix 64,384]
-        [--repeats 3] [--out docs/results/recall-cost]
+        [--repeats 3] [--compare-heads] [--out docs/results/recall-cost]
 
 One process: a streaming cache (budget 1,024, updates every 512) prefills 3,072 tokens of the
 essay haystack, so ~2k tokens sit in the cold store; copies of those real cold entries then pad
@@ -10,7 +10,9 @@ decoded with and without recall, interleaved --repeats times, and rolled back af
 Reported per size and suffix (medians): the suffix's prefill time without recall, the recall time
 (query capture, scoring hot + cold, swap, window re-decode) and their ratio; the target is
 <= 10%. Recall's own work hardly depends on the suffix's length, its prefill does: the ratio
-falls as prompts grow.
+falls as prompts grow. The engine's coarse pass reads the model's retrieval heads when a
+calibration ships for it (recall_heads="auto"); --compare-heads adds, interleaved in the same
+rounds, recall with the coarse pass over every (layer, KV head) pair.
 
 With --rss, two child processes grow a cold store to the largest size, in RAM and under a
 cold_dir, and report the process RSS after each growth step (memory-mapped files keep it flat).
@@ -110,26 +112,34 @@ def cost(args) -> dict:
     template = cold.take(np.arange(len(cold)))
     cold.add(template)
     rows = []
+    heads = llm.memory.coarse_heads  # what recall_heads="auto" found for this model
+    # (recall on, coarse pass through `heads`); the extra arm reads every pair
+    arms = [(False, heads), (True, heads)] + ([(True, None)] if args.compare_heads else [])
+    print(f"coarse pass: {llm.recall_heads}", flush=True)
     for size, n_suffix in ((c, s) for c in sorted(args.cold) for s in args.suffix):
         suffix = tokens[3072 : 3072 + n_suffix]
         _pad_cold(llm, template, size)
-        base, recall, scoring, recalled = [], [], [], []
+        base, recall, scoring, recalled, recall_all = [], [], [], [], []
         for _ in range(args.repeats + 1):  # the first round warms up
-            for with_recall in (False, True):
+            for with_recall, arm_heads in arms:
                 n0, since = llm.n_tokens, llm._since_update
                 st = llm.stats
                 r0, s0, t_in0 = st.seconds_recall, st.seconds_namm, st.tokens_recalled
                 llm.recall = with_recall
+                llm.memory.coarse_heads = arm_heads
                 t0 = time.perf_counter()
                 llm.eval(suffix)
                 total = time.perf_counter() - t0
-                if with_recall:
+                if with_recall and arm_heads is not heads:
+                    recall_all.append(st.seconds_recall - r0)
+                elif with_recall:
                     recall.append(st.seconds_recall - r0)
                     scoring.append(st.seconds_namm - s0)
                     recalled.append(st.tokens_recalled - t_in0)
                 else:
                     base.append(total)
                 _roll_back(llm, n0, since)
+        llm.memory.coarse_heads = heads
         base, recall, scoring = base[1:], recall[1:], scoring[1:]
         row = dict(
             cold_tokens=len(cold),
@@ -141,6 +151,8 @@ def cost(args) -> dict:
             recalled_tokens=int(statistics.median(recalled[1:])),
         )
         row["recall_vs_prefill"] = row["recall_s"] / row["prefill_s"]
+        if recall_all:
+            row["recall_all_heads_s"] = statistics.median(recall_all[1:])
         rows.append(row)
         print(json.dumps(row), flush=True)
     llm.close()
@@ -201,12 +213,20 @@ def plot(result: dict, path: Path) -> None:
     ax = axes[0][0]
     for n_suffix in sorted({r["suffix_tokens"] for r in rows}):
         pts = [r for r in rows if r["suffix_tokens"] == n_suffix]
-        ax.plot(
+        line = ax.plot(
             [r["cold_tokens"] for r in pts],
             [r["recall_vs_prefill"] for r in pts],
             "o-",
             label=f"{n_suffix}-token prompt",
-        )
+        )[0]
+        if all("recall_all_heads_s" in r for r in pts):
+            ax.plot(
+                [r["cold_tokens"] for r in pts],
+                [r["recall_all_heads_s"] / r["prefill_s"] for r in pts],
+                "x:",
+                color=line.get_color(),
+                label=f"{n_suffix}-token prompt, coarse pass over every head",
+            )
     ax.axhline(0.1, color="k", ls="--", lw=0.8, label="target: 10% of the prompt's prefill")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -245,6 +265,9 @@ def main() -> None:
     # a suffix stays below the update interval (512): an eviction inside it would not roll back
     p.add_argument("--suffix", default="64,384", help="prompt lengths in tokens, comma list")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--compare-heads", action="store_true", help="also time recall over every head pair"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rss", action="store_true")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)

@@ -166,20 +166,6 @@ def test_choose_swaps_only_trades_up_and_never_moves_protected():
     assert len(choose_swaps(hot, np.array([0.0]), protected)[0]) == 0
 
 
-def test_choose_swaps_takes_victims_in_the_order_given_and_still_only_trades_up():
-    hot = np.array([5.0, 0.1, 0.2, 0.9, 0.05, 0.3])
-    cold = np.array([0.15, 0.8, 0.01, 0.5])
-    protected = np.array([False, False, False, False, True, False])
-    # the policy would drop 4 (protected), then 3, 0, 5, 1, 2
-    out_hot, in_cold = choose_swaps(hot, cold, protected, victims=np.array([4, 3, 0, 5, 1, 2]))
-    # 0.8 cannot replace 3 (0.9) or 0 (5.0): it takes 5 (0.3); 0.5 takes 1 (0.1); 0.15 cannot
-    # replace 2 (0.2), and no victim is left
-    assert out_hot.tolist() == [5, 1] and in_cold.tolist() == [1, 3]
-    assert all(cold[c] > hot[h] for h, c in zip(out_hot, in_cold, strict=True))
-    capped = choose_swaps(hot, cold, protected, max_in=1, victims=np.array([4, 3, 0, 5, 1, 2]))
-    assert capped[0].tolist() == [5] and capped[1].tolist() == [1]
-
-
 # --- native export / import ------------------------------------------------------------------
 def test_export_import_round_trip_is_byte_exact(any_tiny):
     llm = _engine(any_tiny)

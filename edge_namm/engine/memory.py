@@ -20,8 +20,6 @@ from edge_namm.features import AttentionFeatures, FeatureConfig
 from edge_namm.policies.base import CacheView, Policy
 from edge_namm.policies.selection import protected_mask
 
-VICTIMS = "recall"  # dev switch: which hot tokens a recall swaps out first ("recall", "policy")
-
 
 class KVMemory:
     def __init__(
@@ -288,12 +286,7 @@ class KVMemory:
         hot_scores, cold_scores = pool_tiers(
             hot_scores, self._logical[view.cells], cold_scores, cold.logical
         )
-        victims = None
-        if VICTIMS == "policy":
-            policy_scores = self.policy.score(view)
-            if policy_scores is not None:
-                victims = np.argsort(np.asarray(policy_scores), kind="stable")
-        out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected, max_in, victims)
+        out_hot, in_cold = choose_swaps(hot_scores, cold_scores, protected, max_in)
         n = len(in_cold)
         if n:
             back = cold.take(in_cold)

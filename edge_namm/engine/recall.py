@@ -279,33 +279,15 @@ def choose_swaps(
     cold_scores: np.ndarray,
     protected: np.ndarray,
     max_in: int | None = None,
-    victims: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(hot indices to evict, cold indices to recall), equally many: every recalled cold token
-    scores above the hot token it replaces, and protected hot tokens never leave. Hot tokens
-    leave in the order `victims` gives (hot indices, first to go first; default: the lowest
-    hot score first); the best cold token replaces the first of them it outscores."""
+    scores above every hot token it replaces, and protected hot tokens never leave."""
     candidates = np.flatnonzero(~protected)
+    hot_order = candidates[np.argsort(hot_scores[candidates], kind="stable")]  # worst first
     cold_order = np.argsort(-cold_scores, kind="stable")  # best first
-    cap = len(cold_order) if max_in is None else max_in
-    if victims is None:
-        hot_order = candidates[np.argsort(hot_scores[candidates], kind="stable")]  # worst first
-        n = min(len(hot_order), len(cold_order), cap)
-        if n == 0:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        gain = cold_scores[cold_order[:n]] > hot_scores[hot_order[:n]]
-        n_swap = int(np.argmin(gain)) if not gain.all() else n
-        return hot_order[:n_swap], cold_order[:n_swap]
-    victims = np.asarray(victims)[~protected[victims]]
-    out: list[int] = []
-    j = 0
-    for c in cold_order[:cap]:
-        # cold scores only fall from here: a victim the cold token does not outscore stays
-        while j < len(victims) and hot_scores[victims[j]] >= cold_scores[c]:
-            j += 1
-        if j == len(victims):
-            break
-        out.append(int(victims[j]))
-        j += 1
-    n_swap = len(out)
-    return np.asarray(out, dtype=np.int64), cold_order[:n_swap]
+    n = min(len(hot_order), len(cold_order), len(cold_order) if max_in is None else max_in)
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    gain = cold_scores[cold_order[:n]] > hot_scores[hot_order[:n]]
+    n_swap = int(np.argmin(gain)) if not gain.all() else n
+    return hot_order[:n_swap], cold_order[:n_swap]
