@@ -150,3 +150,25 @@ def test_the_shipped_calibration_is_found_for_smollm2(model_path):
     mask, source = resolve_recall_heads("auto", meta, 30, 3)
     assert 0 < mask.sum() < mask.size and path.name in source
     assert json.loads(path.read_text())["model"] == fingerprint(meta)
+
+
+@pytest.mark.parametrize("heads", ["all", [(0, 0)]])
+def test_recall_over_a_large_cold_store_through_chosen_heads_keeps_the_budget(
+    tiny_model, heads, monkeypatch
+):
+    from edge_namm.engine import recall
+
+    monkeypatch.setattr(recall, "CANDIDATES", 256)  # a "large" store without a long prefill
+    llm = NammLlama(tiny_model, policy="streaming", budget=224, update_interval=32, chunk=32,
+                    n_threads=1, recall=True, recall_heads=heads)  # fmt: skip
+    try:
+        text = b"edge devices run small language models with a bounded memory of what was said "
+        tokens = llm.tokenize(text * 100)[:640]
+        llm.eval(tokens[:-40])
+        assert len(llm.memory.cold) > recall.CANDIDATES  # the coarse pass runs
+        recalled = llm.stats.tokens_recalled
+        llm.eval(tokens[-40:])
+        assert llm.stats.recalls >= 1 and llm.stats.tokens_recalled >= recalled
+        assert llm.memory.view().n <= 224 + 32
+    finally:
+        llm.close()
