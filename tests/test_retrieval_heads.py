@@ -11,6 +11,7 @@ from edge_namm import NammLlama
 from edge_namm.engine import EngineConfigError
 from edge_namm.engine.recall import CANDIDATES, _grouped, cold_scores, hot_scores, token_scores
 from edge_namm.engine.retrieval_heads import (
+    FILE_GLOB,
     find_heads_file,
     fingerprint,
     resolve_recall_heads,
@@ -172,3 +173,14 @@ def test_recall_over_a_large_cold_store_through_chosen_heads_keeps_the_budget(
         assert llm.memory.view().n <= 224 + 32
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob(FILE_GLOB)), ids=lambda p: p.name)
+def test_every_shipped_heads_file_is_valid_and_documented(path):
+    """A calibration in models/ loads, says how it was found and is described in its README."""
+    from edge_namm.engine.retrieval_heads import read_heads_file
+
+    data = read_heads_file(path)
+    assert data["heads"] and data["provenance"].get("command") and data["provenance"].get("rule")
+    assert data["model"].get("general.name")
+    assert f"`{path.name}`" in (MODELS_DIR / "README.md").read_text(encoding="utf-8")
