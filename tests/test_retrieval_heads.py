@@ -184,3 +184,11 @@ def test_every_shipped_heads_file_is_valid_and_documented(path):
     assert data["heads"] and data["provenance"].get("command") and data["provenance"].get("rule")
     assert data["model"].get("general.name")
     assert f"`{path.name}`" in (MODELS_DIR / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_engine_refuses_heads_made_for_another_model(tiny_model, tmp_path):
+    path = tmp_path / "recall-heads-other.json"
+    write_heads_file(path, {**META, "general.name": "Other"}, [(0, 0)], {"rule": "test"})
+    with pytest.raises(EngineConfigError, match="not for this model"):
+        NammLlama(tiny_model, policy="streaming", budget=224, update_interval=32, chunk=32,
+                  n_threads=1, recall=True, recall_heads=str(path))  # fmt: skip

@@ -266,9 +266,13 @@ class NammLlama(llama_cpp.Llama):
         #: what the coarse pass over a large cold store reads, in words (for /memory, info)
         self.recall_heads = "none (recall off)"
         if recall:
-            mask, self.recall_heads = resolve_recall_heads(
-                recall_heads, self.metadata, self._memory.n_layer, self._memory.n_head_kv
-            )
+            try:
+                mask, self.recall_heads = resolve_recall_heads(
+                    recall_heads, self.metadata, self._memory.n_layer, self._memory.n_head_kv
+                )
+            except EngineConfigError:
+                self.close()  # the model is loaded by now: free it before refusing
+                raise
             self._memory.coarse_heads = mask
             self._memory.protect_recent = recall_window + 1
             self._memory.enable_cold(
