@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from planted import planted
 
 from edge_namm import NammLlama, native
 from edge_namm.engine import EngineConfigError
@@ -45,20 +46,8 @@ def _engine(path: str, **kw) -> NammLlama:
 
 
 # --- the pure scoring / selection rules -----------------------------------------------------
-def _planted(n: int, needle: int, seed: int = 0):
-    """Random queries/keys where head 3 (KV head 1) of layer 1 looks hard at one token."""
-    rng = np.random.default_rng(seed)
-    n_layer, n_head, n_head_kv, window, d = 2, 4, 2, 3, 8
-    keys = rng.standard_normal((n_layer, n, n_head_kv * d)).astype(np.float32) * 0.1
-    queries = rng.standard_normal((n_layer, n_head, window, d)).astype(np.float32) * 0.1
-    queries[1, 3] = 0
-    queries[1, 3, :, 0] = 5.0
-    keys[1, needle, d : d + 1] = 5.0
-    return queries, np.ones(n_layer, np.float32), keys, n_head_kv
-
-
 def test_recall_scores_single_out_the_key_a_query_points_at():
-    queries, scales, keys, n_head_kv = _planted(50, needle=17)
+    queries, scales, keys, n_head_kv = planted(50, needle=17)
     hot, cold = recall_scores(queries, scales, keys[:, :20], keys[:, 20:], n_head_kv)
     assert hot.shape == (20,) and cold.shape == (30,)
     assert int(np.argmax(np.r_[hot, cold])) == 17
@@ -68,7 +57,7 @@ def test_recall_scores_single_out_the_key_a_query_points_at():
 
 def test_a_large_cold_store_is_narrowed_without_losing_the_needle():
     n = CANDIDATES * 5
-    queries, scales, keys, n_head_kv = _planted(n + 100, needle=100 + 5000)
+    queries, scales, keys, n_head_kv = planted(n + 100, needle=100 + 5000)
     hot_keys, cold_keys = keys[:, :100], keys[:, 100:].astype(np.float16)
     released = []
     _, cold = recall_scores(
@@ -90,7 +79,7 @@ def test_a_large_cold_store_is_narrowed_without_losing_the_needle():
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_a_coarse_pass_over_every_sth_token_still_finds_a_phrase(stride):
     n = CANDIDATES * 5
-    queries, scales, keys, n_head_kv = _planted(n + 100, needle=100 + 5001)
+    queries, scales, keys, n_head_kv = planted(n + 100, needle=100 + 5001)
     d = keys.shape[2] // n_head_kv
     keys[1, 100 + 5000 : 100 + 5000 + stride, d] = 5.0  # a phrase: the needle and its neighbours
     hot_keys, cold_keys = keys[:, :100], keys[:, 100:].astype(np.float16)
@@ -107,7 +96,7 @@ def test_a_coarse_pass_over_every_sth_token_still_finds_a_phrase(stride):
 
 
 def test_a_coarse_stride_that_does_not_divide_the_chunks_is_refused():
-    queries, scales, keys, n_head_kv = _planted(CANDIDATES + 200, needle=7)
+    queries, scales, keys, n_head_kv = planted(CANDIDATES + 200, needle=7)
     q = _grouped(queries, scales, n_head_kv)
     _, lse = hot_scores(q, keys[:, :100], n_head_kv)
     with pytest.raises(ValueError, match="coarse_stride must divide"):
@@ -125,7 +114,7 @@ def test_float16_keys_widen_exactly_for_every_bit_pattern():
 
 
 def test_hot_scores_match_the_reference_softmax():
-    queries, scales, keys, n_head_kv = _planted(40, needle=7)
+    queries, scales, keys, n_head_kv = planted(40, needle=7)
     q = _grouped(queries, scales, n_head_kv)
     hot, lse = hot_scores(q, keys, n_head_kv)
     n_layer, _, n_q, d = q.shape

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from planted import planted
 
 from edge_namm import NammLlama
 from edge_namm.engine import EngineConfigError
@@ -14,6 +15,7 @@ from edge_namm.engine.retrieval_heads import (
     FILE_GLOB,
     find_heads_file,
     fingerprint,
+    heads_mask,
     resolve_recall_heads,
     write_heads_file,
 )
@@ -29,29 +31,19 @@ META = {
 }
 
 
-def _planted(n: int, needle: int, seed: int = 0):
-    """Random queries/keys where KV head 1 of layer 1 (its query head 3) looks hard at one
-    token; every other pair sees noise."""
-    rng = np.random.default_rng(seed)
-    n_layer, n_head, n_head_kv, window, d = 2, 4, 2, 3, 8
-    keys = rng.standard_normal((n_layer, n, n_head_kv * d)).astype(np.float32) * 0.1
-    queries = rng.standard_normal((n_layer, n_head, window, d)).astype(np.float32) * 0.1
-    queries[1, 3] = 0
-    queries[1, 3, :, 0] = 5.0
-    keys[1, needle, d : d + 1] = 5.0
-    q = _grouped(queries, np.ones(n_layer, np.float32), n_head_kv)
-    return q, keys, n_head_kv
+def _planted_grouped(n: int, needle: int):
+    """planted() with the queries grouped by KV head, as token_scores takes them."""
+    queries, scales, keys, n_head_kv = planted(n, needle)
+    return _grouped(queries, scales, n_head_kv), keys, n_head_kv
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("marked", [[(1, 1)], [(0, 0), (1, 1)], [(0, 1)], [(0, 0), (0, 1)]])
 def test_token_scores_take_the_max_over_the_marked_pairs_only(dtype, marked):
-    q, keys, g = _planted(300, needle=40)
+    q, keys, g = _planted_grouped(300, needle=40)
     keys = keys.astype(dtype)
     _, lse = hot_scores(q, keys[:, :50].astype(np.float32), g)
-    mask = np.zeros((2, g), dtype=bool)
-    for pair in marked:
-        mask[pair] = True
+    mask = heads_mask(marked, 2, g)
     d = keys.shape[2] // g
     k32 = keys.astype(np.float32)
     reference = np.max(
@@ -66,20 +58,18 @@ def test_token_scores_take_the_max_over_the_marked_pairs_only(dtype, marked):
 
 def test_the_coarse_pass_finds_a_needle_through_its_head_and_misses_it_without():
     n = CANDIDATES * 16  # the coarse pass keeps 1 in 16: noise lets the needle through rarely
-    q, keys, g = _planted(n + 100, needle=100 + 5000)  # a token the coarse pass reads
+    q, keys, g = _planted_grouped(n + 100, needle=100 + 5000)  # a token the coarse pass reads
     hot, cold = keys[:, :100], keys[:, 100:].astype(np.float16)
     _, lse = hot_scores(q, hot, g)
     window = q.shape[2] // 2
-    with_it = np.zeros((2, g), dtype=bool)
-    with_it[1, 1] = with_it[0, 0] = True
+    with_it = heads_mask([(1, 1), (0, 0)], 2, g)
     found = cold_scores(q, lse, cold, g, window, coarse_heads=with_it)
     assert int(np.argmax(found)) == 5000
     # exact scoring of the candidates still reads every pair
     exact = token_scores(q, cold, lse, g)
     finite = np.isfinite(found)
     np.testing.assert_allclose(found[finite], exact[finite], rtol=1e-5, atol=1e-5)
-    without = np.zeros((2, g), dtype=bool)
-    without[0, 0] = True  # the coarse pass then ranks the needle among noise
+    without = heads_mask([(0, 0)], 2, g)  # the coarse pass then ranks the needle among noise
     missed = cold_scores(q, lse, cold, g, window, coarse_heads=without)
     assert np.isneginf(missed[5000]) and int(np.argmax(missed)) != 5000
 
