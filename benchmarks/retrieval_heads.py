@@ -34,15 +34,16 @@ from common import default_model, machine, needle_prompt_args  # noqa: E402
 def strengths(cap: dict, queries: int = 16, window: int = 32) -> np.ndarray:
     """[n_layer, n_head_kv]: the needle's best coarse log-attention through each pair alone
     (-inf when none of the needle sentence is cold)."""
-    from edge_namm.engine.recall import _grouped, as_float32, hot_scores, newest_queries
+    from coarse_study import _inputs
+
+    from edge_namm.engine.recall import as_float32, newest_queries
 
     g = cap["n_head_kv"]
-    q = _grouped(cap["queries"][:, :, -window:], cap["scales"], g)
-    _, lse = hot_scores(q, cap["hot_keys"], g)
+    n_layer, _, width = cap["cold_keys"].shape
+    q, _, lse, *_ = _inputs(cap, "all/16", n_layer, window)
     q_new, lse_new = newest_queries(q, lse, window, queries)
     na, ne = cap["needle"]
     own = np.flatnonzero((cap["cold_logical"] >= na) & (cap["cold_logical"] < ne))
-    n_layer, _, width = cap["cold_keys"].shape
     d = width // g
     out = np.full((n_layer, g), -np.inf)
     if not len(own):
