@@ -85,16 +85,23 @@ def read_heads_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def find_heads_file(metadata: dict[str, Any], folder: Path = MODELS_DIR) -> Path | None:
-    """The shipped recall-heads file made for this model's weights, if any."""
+def _shipped(metadata: dict[str, Any], folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, contents) of the heads file in `folder` made for this model's weights, if any."""
     want = fingerprint(metadata)
     for path in sorted(folder.glob(FILE_GLOB)):
         try:
-            if read_heads_file(path).get("model") == want:
-                return path
+            data = read_heads_file(path)
         except EngineConfigError:
             continue
+        if data.get("model") == want:
+            return path, data
     return None
+
+
+def find_heads_file(metadata: dict[str, Any], folder: Path = MODELS_DIR) -> Path | None:
+    """The shipped recall-heads file made for this model's weights, if any."""
+    found = _shipped(metadata, folder)
+    return None if found is None else found[0]
 
 
 def resolve_recall_heads(
@@ -106,11 +113,11 @@ def resolve_recall_heads(
     if spec is None or (isinstance(spec, str) and spec == "all"):
         return None, "all heads"
     if isinstance(spec, str) and spec == "auto":
-        path = find_heads_file(metadata, folder)
-        if path is None:
+        found = _shipped(metadata, folder)
+        if found is None:
             return None, "all heads (no calibration for this model)"
-        spec = path
-    if isinstance(spec, (str, os.PathLike)):
+        spec, data = found
+    elif isinstance(spec, (str, os.PathLike)):
         data = read_heads_file(spec)
         if data.get("model") != fingerprint(metadata):
             raise EngineConfigError(
@@ -118,10 +125,11 @@ def resolve_recall_heads(
                 f"model ({fingerprint(metadata)}); pass recall_heads='all' or calibrate this "
                 "model with benchmarks/retrieval_heads.py"
             )
-        mask = heads_mask(data["heads"], n_layer, n_head_kv)
-        return mask, f"{int(mask.sum())} of {mask.size} heads ({Path(spec).name})"
-    mask = heads_mask(spec, n_layer, n_head_kv)
-    return mask, f"{int(mask.sum())} of {mask.size} heads (given)"
+    else:
+        mask = heads_mask(spec, n_layer, n_head_kv)
+        return mask, f"{int(mask.sum())} of {mask.size} heads (given)"
+    mask = heads_mask(data["heads"], n_layer, n_head_kv)
+    return mask, f"{int(mask.sum())} of {mask.size} heads ({Path(spec).name})"
 
 
 def write_heads_file(
