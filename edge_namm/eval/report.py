@@ -332,6 +332,17 @@ def _style(i: int) -> dict:
     }
 
 
+def save_with_legend(fig, ax, path: Path) -> None:
+    """Save a figure with `ax`'s legend to the right of every panel, then free it."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(
+        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
 def plot_score_vs_budget(summary: Summary, path: Path) -> None:
     plt = _pyplot()
     budgets = [b for b in summary.budgets if b != FULL_BUDGET]
@@ -360,13 +371,7 @@ def plot_score_vs_budget(summary: Summary, path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.tight_layout()
-    fig.legend(
-        handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
-    )
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_with_legend(fig, axes.flat[0], path)
 
 
 def plot_normalised(summary: Summary, path: Path) -> None:
