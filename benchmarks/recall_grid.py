@@ -23,7 +23,6 @@ from edge_namm.scorers.default import default_scorer_path
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 # oldest first: each later folder reran some cells on a newer engine
 DEFAULT_FOLDERS = (
-    "recall-2k-niah",
     "recall-2k-niah-v2",
     "recall-pool-2k",
     "niah-2k-baselines",
@@ -31,12 +30,12 @@ DEFAULT_FOLDERS = (
     "recall-pool-4k",
     "retrieval-heads-4k",
     "niah-4k-baselines",
-    "recall-8k-niah",
     "recall-8k-niah-v2",
     "recall-8k-12",
     "retrieval-heads-8k",
     "recall-8k-baselines",
     "niah-8k-baselines",
+    "kvzip-recall-rerun",
 )
 SUFFIX = "+recall"
 DEFAULT_SCORER = default_scorer_path().name
