@@ -75,9 +75,15 @@ def check_samples(cells: dict[tuple[str, str, int], dict[str, float]]) -> None:
             )
 
 
-def table(cells: dict[tuple[str, str, int], dict[str, float]]) -> tuple[list[str], list[str]]:
+def _lengths_budgets(cells: dict[tuple[str, str, int], dict[str, float]]) -> tuple[list, list]:
+    """The grid's lengths (ascending) and budgets (largest first)."""
     lengths = sorted({k[2] for k in cells})
     budgets = sorted({k[1] for k in cells if k[1] != FULL_BUDGET}, key=budget_sort_key)[::-1]
+    return lengths, budgets
+
+
+def table(cells: dict[tuple[str, str, int], dict[str, float]]) -> tuple[list[str], list[str]]:
+    lengths, budgets = _lengths_budgets(cells)
     bases = sorted({k[0].removesuffix(SUFFIX) for k in cells if k[0] != "full"})
     columns = [(n, b) for n in lengths for b in budgets]
     head = " | ".join(f"{n // 1024}k, {b}" for n, b in columns)
@@ -100,8 +106,7 @@ def table(cells: dict[tuple[str, str, int], dict[str, float]]) -> tuple[list[str
 
 def plot(cells: dict[tuple[str, str, int], dict[str, float]], bases: list[str], path: Path) -> None:
     plt = _pyplot()
-    lengths = sorted({k[2] for k in cells})
-    budgets = sorted({k[1] for k in cells if k[1] != FULL_BUDGET}, key=budget_sort_key)[::-1]
+    lengths, budgets = _lengths_budgets(cells)
     fig, axes = plt.subplots(1, len(budgets), figsize=(5.2 * len(budgets), 3.8), squeeze=False)
     x = list(range(len(lengths)))
     for ax, budget in zip(axes.flat, budgets, strict=True):
