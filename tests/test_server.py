@@ -94,7 +94,9 @@ def test_models_and_chat_with_the_openai_client(client):
         model="smollm2",
         messages=[
             {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"},
+            # a clear first-token margin (1.5 nats): the bare question is a near-tie between
+            # " La" and " The" that AVX2 and AVX-512 kernels break differently
+            {"role": "user", "content": "What is the capital of France? Answer in one word."},
         ],
         max_tokens=16,
         temperature=0,
