@@ -36,6 +36,7 @@ DEFAULT_FOLDERS = (
     "recall-8k-baselines",
     "niah-8k-baselines",
     "kvzip-recall-rerun",
+    "kvzip-recall-4k-rerun",
 )
 SUFFIX = "+recall"
 DEFAULT_SCORER = default_scorer_path().name
